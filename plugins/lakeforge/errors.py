@@ -1,0 +1,33 @@
+"""Project exceptions. Messages carry the bad value and what to do about it."""
+
+
+class LakeforgeError(Exception):
+    """Base class of every lakeforge error."""
+
+
+class ConfigError(LakeforgeError):
+    """A pipeline file, Param or setting is invalid."""
+
+
+class MissingSecretError(ConfigError):
+    """A required endpoint or credential is not configured."""
+
+
+class ServiceError(LakeforgeError):
+    """An embedded service failed to start, or stopped answering."""
+
+
+class PrerequisiteError(LakeforgeError):
+    """A tool the machine must provide (JDK, Maven) is missing."""
+
+
+class ManifestError(LakeforgeError):
+    """A partition manifest is missing, unreadable, or does not match its files."""
+
+
+class PublishConflictError(LakeforgeError):
+    """Another run is publishing the same partition."""
+
+
+class DataQualityError(LakeforgeError):
+    """A partition failed a data-quality gate; nothing was published."""

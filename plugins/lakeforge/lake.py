@@ -1,0 +1,195 @@
+"""The S3 lake: paths, manifests and the publish protocol. Paths are built here and nowhere else.
+
+Layout (inside the lake bucket)::
+
+    <layer>/<pipeline>/dt=YYYY-MM-DD[/hour=HH]/_MANIFEST.json          the published partition
+    <layer>/<pipeline>/dt=YYYY-MM-DD[/hour=HH]/run=<run_id>/part-*.parquet  files of one run
+    quarantine/<pipeline>/dt=…/run=<run_id>/part-*.parquet              rejected records + reason
+
+Publish protocol: a writer puts its files under its own ``run=<run_id>/`` prefix, then writes
+``_MANIFEST.json`` (one atomic S3 PUT) listing them with sizes, checksums and row counts. Readers
+read the manifest, never a listing, so a crash before the manifest leaves the previous version (or
+nothing) visible, and a rerun replaces the partition whole. Files of superseded runs are deleted
+after the new manifest is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from lakeforge import code_version
+from lakeforge.config import Partition, Settings
+from lakeforge.errors import ManifestError
+
+log = logging.getLogger(__name__)
+
+Layer = Literal["raw", "curated", "features", "quarantine", "reports"]
+MANIFEST_NAME = "_MANIFEST.json"
+
+
+class FileEntry(BaseModel):
+    """One data file of a partition."""
+
+    path: str  # s3://bucket/key
+    size: int  # bytes
+    sha256: str  # hex digest of the file's bytes
+    rows: int  # rows in the file
+
+
+class Manifest(BaseModel):
+    """The ``_MANIFEST.json`` of a published partition (see module docstring)."""
+
+    layer: str  # raw | curated | features
+    pipeline: str  # pipeline name
+    partition: str  # dt=YYYY-MM-DD[/hour=HH]
+    interval: tuple[datetime, datetime]  # event-time interval [start, end)
+    schema_version: int  # version of the record schema
+    code_version: str = Field(default_factory=code_version)  # git commit of the writer
+    run_id: str  # writer run (Airflow run id or generated)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    files: list[FileEntry]  # the data files, in read order
+    rows: int  # total rows over files
+    inputs: list[dict[str, str]] = Field(default_factory=list)  # manifests read: {path, sha256}
+    kafka_offsets: dict[str, dict[str, list[int]]] = Field(default_factory=dict)  # topic -> partition -> [first, last+1)
+    dropped: dict[str, int] = Field(default_factory=dict)  # rows removed on purpose, per reason
+    quarantined: dict[str, int] = Field(default_factory=dict)  # rows sent to quarantine, per reason
+    quarantine_files: list[FileEntry] = Field(default_factory=list)  # where the quarantined rows went
+    stats: dict[str, Any] = Field(default_factory=dict)  # stage-specific figures
+
+
+def new_run_id(hint: str | None = None) -> str:
+    """A path-safe run id: the Airflow run id when there is one, plus a short random suffix."""
+    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in (hint or "manual"))[:80]
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+class Lake:
+    """Reads and writes lake partitions through manifests. All lake paths are built here."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.load()
+        self.bucket = self.settings.s3_bucket
+        self._fs = None
+        self._s3 = None
+
+    # -- clients (created lazily so constructing a Lake touches no server) ----------------------
+    @property
+    def fs(self):
+        if self._fs is None:
+            self._fs = self.settings.arrow_fs()
+        return self._fs
+
+    @property
+    def s3(self):
+        if self._s3 is None:
+            self._s3 = self.settings.s3_client()
+        return self._s3
+
+    # -- paths ------------------------------------------------------------------------------------
+    def partition_key(self, layer: Layer, pipeline: str, partition: Partition) -> str:
+        return f"{layer}/{pipeline}/{partition.path}"
+
+    def run_key(self, layer: Layer, pipeline: str, partition: Partition, run_id: str) -> str:
+        return f"{self.partition_key(layer, pipeline, partition)}/run={run_id}"
+
+    def manifest_key(self, layer: Layer, pipeline: str, partition: Partition) -> str:
+        return f"{self.partition_key(layer, pipeline, partition)}/{MANIFEST_NAME}"
+
+    def uri(self, key: str, scheme: str = "s3") -> str:
+        """``s3://bucket/key`` (or ``s3a://`` for Spark)."""
+        return f"{scheme}://{self.bucket}/{key}"
+
+    def key_of(self, uri: str) -> str:
+        """Key inside the bucket of an ``s3://``/``s3a://`` URI or ``bucket/key`` path."""
+        rest = uri.split("://", 1)[-1]
+        bucket, _, key = rest.partition("/")
+        if bucket != self.bucket:
+            raise ManifestError(f"{uri} is outside the lake bucket {self.bucket!r}")
+        return key
+
+    def arrow_path(self, uri_or_key: str) -> str:
+        """Path for pyarrow's S3FileSystem (``bucket/key``)."""
+        key = self.key_of(uri_or_key) if "://" in uri_or_key else uri_or_key
+        return f"{self.bucket}/{key}"
+
+    # -- files -------------------------------------------------------------------------------------
+    def describe_file(self, uri: str, rows: int | None = None) -> FileEntry:
+        """Size, sha256 and row count of a written file (read back from the store)."""
+        import pyarrow.parquet as pq
+
+        digest = hashlib.sha256()
+        size = 0
+        with self.fs.open_input_stream(self.arrow_path(uri)) as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        if rows is None:
+            rows = pq.ParquetFile(self.fs.open_input_file(self.arrow_path(uri))).metadata.num_rows
+        return FileEntry(path=uri if "://" in uri else self.uri(uri), size=size, sha256=digest.hexdigest(), rows=rows)
+
+    def list_run_files(self, run_prefix_key: str, suffix: str = ".parquet") -> list[str]:
+        """Data files a run wrote under its prefix (used only by the writer itself, before publish)."""
+        keys: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=run_prefix_key + "/"):
+            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(suffix)]
+        return [self.uri(k) for k in sorted(keys)]
+
+    # -- manifests ---------------------------------------------------------------------------------
+    def publish(self, manifest: Manifest) -> str:
+        """Write the manifest (the commit point), then delete files of superseded runs."""
+        part = Partition(start=manifest.interval[0], end=manifest.interval[1])
+        key = self.manifest_key(manifest.layer, manifest.pipeline, part)  # type: ignore[arg-type]
+        body = manifest.model_dump_json(indent=2).encode()
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+        log.info("published %s (%d rows in %d files)", self.uri(key), manifest.rows, len(manifest.files))
+        self._delete_other_runs(manifest.layer, manifest.pipeline, part, manifest.run_id)  # type: ignore[arg-type]
+        return self.uri(key)
+
+    def _delete_other_runs(self, layer: Layer, pipeline: str, partition: Partition, keep_run: str) -> None:
+        prefix = self.partition_key(layer, pipeline, partition) + "/run="
+        keep = f"{prefix}{keep_run}/"
+        stale = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            stale += [{"Key": o["Key"]} for o in page.get("Contents", []) if not o["Key"].startswith(keep)]
+        for i in range(0, len(stale), 1000):
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": stale[i:i + 1000], "Quiet": True})
+        if stale:
+            log.info("removed %d files of superseded runs under %s", len(stale), self.uri(prefix))
+
+    def read_manifest(self, layer: Layer, pipeline: str, partition: Partition) -> Manifest:
+        key = self.manifest_key(layer, pipeline, partition)
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            raise ManifestError(
+                f"no published {layer} partition at {self.uri(key)}: run the upstream task for {partition.path} first"
+            ) from None
+        return Manifest.model_validate_json(body)
+
+    def manifest_ref(self, layer: Layer, pipeline: str, partition: Partition) -> dict[str, str]:
+        """``{path, sha256}`` of a published manifest, for lineage (inputs, MLflow tags)."""
+        key = self.manifest_key(layer, pipeline, partition)
+        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return {"path": self.uri(key), "sha256": hashlib.sha256(body).hexdigest()}
+
+    def read_table(self, manifest: Manifest, columns: list[str] | None = None):
+        """Read the partition's files (exactly those the manifest lists) as one Arrow table."""
+        import pyarrow.parquet as pq
+        import pyarrow as pa
+
+        tables = [pq.read_table(self.arrow_path(f.path), filesystem=self.fs, columns=columns) for f in manifest.files]
+        if not tables:
+            return pa.table({})
+        return pa.concat_tables(tables)
+
+    def put_json(self, key: str, obj: Any) -> str:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(obj, indent=2, default=str).encode(),
+                           ContentType="application/json")
+        return self.uri(key)

@@ -1,0 +1,270 @@
+"""Building blocks of the supervisor: state directory, port choice, and a managed process.
+
+Every embedded service is a :class:`ProcessService`: a command started in its own process group
+(so ``down`` can stop the whole tree: MLflow's uvicorn workers, SeaweedFS's master/volume/filer),
+logging to ``$LAKEFORGE_HOME/logs/<name>.log``, with its pid in ``$LAKEFORGE_HOME/run/<name>.pid``
+and a health check. Services that are not started by us (a user's own Kafka) are skipped by the
+supervisor when their endpoint is set in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lakeforge.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) != 0
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    return not port_free(port, host)
+
+
+def free_port() -> int:
+    """A port the kernel says is free now (bound then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """Last lines of a log file (for error messages)."""
+    try:
+        data = path.read_bytes()[-64_000:].decode("utf-8", "replace").splitlines()
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(data[-lines:])
+
+
+class State:
+    """The state directory: ``logs/``, ``run/`` (pids), ``data/``, ``endpoints.json``, ``ports.json``."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home).resolve()
+        self.logs = self.home / "logs"
+        self.run = self.home / "run"
+        self.data = self.home / "data"
+        for d in (self.home, self.logs, self.run, self.data):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _json(self, name: str) -> dict:
+        try:
+            return json.loads((self.home / name).read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _write_json(self, name: str, obj: dict, mode: int = 0o644) -> None:
+        path = self.home / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+        tmp.chmod(mode)
+        tmp.replace(path)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return self._json("ports.json")
+
+    def port(self, name: str, preferred: int, owned: Callable[[int], bool] = lambda p: False) -> int:
+        """The port for ``name``: the one chosen before if we still own it or it is free, else the
+        preferred port if free, else any free port. Chosen ports are remembered in ports.json."""
+        ports = self.ports
+        chosen = ports.get(name)
+        taken_by_others = set(v for k, v in ports.items() if k != name)
+        if chosen and (port_free(chosen) or owned(chosen)):
+            return chosen
+        if preferred not in taken_by_others and port_free(preferred):
+            chosen = preferred
+        else:
+            chosen = free_port()
+            while chosen in taken_by_others:
+                chosen = free_port()
+            log.info("port %d for %s is taken: using %d", preferred, name, chosen)
+        ports[name] = chosen
+        self._write_json("ports.json", ports)
+        return chosen
+
+    @property
+    def endpoints(self) -> dict:
+        return self._json("endpoints.json")
+
+    def set_endpoints(self, **values: str) -> None:
+        self._write_json("endpoints.json", {**self.endpoints, **values})
+
+    @property
+    def secrets(self) -> dict:
+        return self._json("secrets.json")
+
+    def set_secrets(self, obj: dict) -> None:
+        self._write_json("secrets.json", obj, mode=0o600)
+
+
+@dataclass
+class ProcessService:
+    """A long-running process we start, health-check and stop.
+
+    Subclasses (or instances) provide ``argv``, ``env`` and ``healthy``; ``prepare`` runs once
+    before the first start (format storage, create databases…).
+    """
+
+    name: str
+    state: State
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    start_timeout: float = 90.0
+    depends_on: tuple[str, ...] = ()
+
+    # -- to override ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """One-time setup before start (idempotent)."""
+
+    def healthy(self) -> bool:
+        """True when the service answers."""
+        raise NotImplementedError
+
+    def endpoint(self) -> str:
+        """A URL or address to print in ``status``."""
+        return ""
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.state.logs / f"{self.name}.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state.run / f"{self.name}.pid"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        # a zombie (exited child of this very process) counts as dead
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    return None
+        except (FileNotFoundError, IndexError):
+            return None
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> None:
+        """Start the process (if not running) and wait until healthy; raise with the log tail if not."""
+        if self.running() and self.healthy():
+            log.info("%s already running (pid %s)", self.name, self.pid())
+            return
+        if self.running():
+            # a previous start that never became healthy: replace it
+            self.stop()
+        self.prepare()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.argv)}\n".encode())
+            logf.flush()
+            proc = subprocess.Popen(
+                self.argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                cwd=str(self.cwd) if self.cwd else None,
+                start_new_session=True,  # own process group: `down` stops children too
+            )
+        self.pid_path.write_text(str(proc.pid))
+        self.wait_healthy(proc)
+
+    def wait_healthy(self, proc: subprocess.Popen | None = None) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited with code {proc.returncode} while starting; log {self.log_path}:\n"
+                    f"{tail(self.log_path)}"
+                )
+            try:
+                if self.healthy():
+                    log.info("%s is up: %s", self.name, self.endpoint())
+                    return
+            except Exception as exc:  # health probes may raise while the server boots
+                log.debug("%s not healthy yet: %s", self.name, exc)
+            time.sleep(0.5)
+        raise ServiceError(
+            f"{self.name} did not become healthy within {self.start_timeout:.0f}s; log {self.log_path}:\n"
+            f"{tail(self.log_path)}"
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, wait, then SIGKILL what is left."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_path.unlink(missing_ok=True)
+            return
+        stop_process_group(pid, timeout)
+        self.pid_path.unlink(missing_ok=True)
+        log.info("%s stopped", self.name)
+
+
+def stop_process_group(pid: int, timeout: float = 15.0, first_signal: int = signal.SIGTERM) -> None:
+    """Stop a process and its whole group (and any descendants that left the group)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        pgid = None
+    for sig in (first_signal, signal.SIGKILL):
+        if pgid is not None:
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout if sig != signal.SIGKILL else 5)
+        if not alive:
+            return
+        procs = alive
+
+
+def http_ok(url: str, timeout: float = 2.0, ok_codes: tuple[int, ...] = (200,)) -> bool:
+    """True when GET url answers with one of ok_codes."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout).status_code in ok_codes
+    except httpx.HTTPError:
+        return False
