@@ -56,6 +56,7 @@ class SeaweedS3Service(ProcessService):
     master_port: int = 9333
     volume_port: int = 8081
     filer_port: int = 8888
+    grpc_ports: dict[str, int] | None = None  # master/volume/filer/s3 gRPC ports (default: port + 10000)
     bucket: str = "lakeforge"
 
     def __post_init__(self):
@@ -101,7 +102,12 @@ class SeaweedS3Service(ProcessService):
             f"-master.port={self.master_port}", f"-volume.port={self.volume_port}",
             f"-filer.port={self.filer_port}", "-s3", f"-s3.port={self.port}", f"-s3.config={cfg}",
             "-volume.max=0", "-master.volumeSizeLimitMB=256",
+            # no phoning home, and no side servers whose fixed ports would collide with a second
+            # instance (demo + tests): Iceberg/Lance catalogs off, gRPC ports chosen like the others
+            "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
+        for role, port in (self.grpc_ports or {}).items():
+            self.argv.append(f"-{role}.port.grpc={port}")
 
     def healthy(self) -> bool:
         if not port_open(self.port):

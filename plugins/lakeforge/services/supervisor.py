@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 PREFERRED_PORTS = {
     "kafka": 9092, "kafka-controller": 9093,
     "s3": 8333, "s3-master": 9333, "s3-volume": 8081, "s3-filer": 8888,
+    "s3-grpc": 18333, "s3-master-grpc": 19333, "s3-volume-grpc": 18081, "s3-filer-grpc": 18888,
     "mlflow": 5000, "airflow": 8080, "model-server": 8000,
 }
 
@@ -96,6 +97,8 @@ class Supervisor:
             name="s3", state=self.state, port=self._port("s3", ("s3",)),
             master_port=self._port("s3-master", ("s3",)), volume_port=self._port("s3-volume", ("s3",)),
             filer_port=self._port("s3-filer", ("s3",)), bucket=Settings.load(home=self.state.home).s3_bucket,
+            grpc_ports={role: self._port(f"s3-{role}-grpc" if role != "s3" else "s3-grpc", ("s3",))
+                        for role in ("master", "volume", "filer", "s3")},
         )
 
     def kafka(self):

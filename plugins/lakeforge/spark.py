@@ -1,0 +1,179 @@
+"""Spark sessions and spark-submit arguments that can read and write the lake over ``s3a://``.
+
+pyspark 4.3 bundles Hadoop 3.5.0 but not the S3 connector: ``hadoop-aws`` and the AWS SDK bundle
+come from the jar cache (:func:`lakeforge.services.jars.s3a_jars`), on the class path or as
+``spark.jars`` (:func:`jars_mode`). Non-secret s3a options travel
+as ``spark.hadoop.fs.s3a.*`` configs (:func:`s3a_conf`); credentials never do — they are set at
+run time on the live Hadoop configuration (:func:`spark_session`) or handed to ``spark-submit``
+through its environment (:func:`submit_kwargs`), so they never show on a command line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from lakeforge.config import Settings
+from lakeforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+DEFAULT_MASTER = "local[2]"
+
+
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """Non-secret s3a options as ``spark.hadoop.fs.s3a.*`` (plus the output committer choice).
+
+    Args:
+        settings: where the S3 API is (``s3_endpoint``, ``s3_region``); the endpoint is required.
+    """
+    endpoint = settings.require("s3_endpoint")
+    secure = endpoint.lower().startswith("https://")
+    h = "spark.hadoop."
+    return {
+        f"{h}fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        f"{h}fs.s3a.endpoint": endpoint,
+        f"{h}fs.s3a.endpoint.region": settings.s3_region,
+        f"{h}fs.s3a.path.style.access": "true",  # SeaweedFS/MinIO: no virtual-host buckets
+        f"{h}fs.s3a.connection.ssl.enabled": str(secure).lower(),
+        # keys come from fs.s3a.access.key/secret.key, set at run time (never in this dict)
+        f"{h}fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        # uploads: block-buffered multipart; "disk" keeps the 1g driver heap out of it
+        f"{h}fs.s3a.fast.upload": "true",
+        f"{h}fs.s3a.fast.upload.buffer": "disk",
+        f"{h}fs.s3a.multipart.size": "32M",
+        f"{h}fs.s3a.connection.maximum": "64",
+        f"{h}fs.s3a.threads.max": "16",
+        # durations with units, the form Hadoop 3.5's core-default uses (read by getTimeDuration);
+        # a loopback store answers fast, so fail sooner than the 200s default
+        f"{h}fs.s3a.connection.establish.timeout": "15s",  # hadoop raises anything lower to 15s
+        f"{h}fs.s3a.connection.timeout": "60s",
+        f"{h}fs.s3a.attempts.maximum": "3",
+        f"{h}fs.s3a.retry.limit": "5",
+        f"{h}fs.s3a.retry.interval": "500ms",
+        # Committer: the classic rename-based FileOutputCommitter (v1). It needs no S3Guard and
+        # no spark-hadoop-cloud jar (which the magic/staging committers need for Parquet and
+        # pyspark does not ship); renames are copies, fine at lake partition sizes, and
+        # lakeforge publishes a partition by its manifest anyway, not by the job commit.
+        f"{h}fs.s3a.committer.name": "file",
+        f"{h}mapreduce.fileoutputcommitter.algorithm.version": "1",
+        f"{h}mapreduce.fileoutputcommitter.cleanup-failures.ignored": "true",
+    }
+
+
+def base_conf() -> dict[str, str]:
+    """Spark settings every lakeforge job uses (small machine, UTC, no UI, the venv's python)."""
+    return {
+        "spark.driver.memory": "1g",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        # loopback only (and no "hostname resolves to a loopback address" warning)
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+
+
+def jars_mode() -> str:
+    """How the s3a jars reach Spark: ``classpath`` (default) or ``jars`` (``$LAKEFORGE_SPARK_JARS_MODE``).
+
+    ``jars`` (``spark.jars`` / ``--jars``) makes every application copy the jars into its own
+    ``spark-*/userFiles-*`` dir — 659 MiB per app with the AWS SDK bundle, in local mode too.
+    ``classpath`` puts the cached jars on the driver and executor class paths instead: no copy;
+    executors on other hosts need the same jar cache path (the Docker image bakes it).
+    """
+    mode = os.environ.get("LAKEFORGE_SPARK_JARS_MODE", "classpath")
+    if mode not in ("classpath", "jars"):
+        raise ConfigError(f"LAKEFORGE_SPARK_JARS_MODE={mode!r}: expected 'classpath' or 'jars'")
+    return mode
+
+
+def _s3a_jar_paths() -> list[str]:
+    from lakeforge.services.jars import s3a_jars
+
+    return [str(p) for p in s3a_jars()]
+
+
+def spark_session(app_name: str, settings: Settings | None = None, master: str | None = None) -> "SparkSession":
+    """A SparkSession that reads and writes ``s3a://`` with the lake writer identity.
+
+    When this process launches the JVM (plain python, tests), the master, memory and the s3a jars
+    are passed at launch. Under ``spark-submit`` the JVM exists already: its master and jars win
+    and only runtime settings apply. Credentials are set on the live Hadoop configuration.
+
+    Args:
+        app_name: Spark application name.
+        settings: endpoints and keys; default :meth:`Settings.load` (env > supervisor state).
+        master: Spark master; default ``$LAKEFORGE_SPARK_MASTER`` or ``local[2]``.
+    """
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    settings = settings or Settings.load()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    conf = {**base_conf(), **s3a_conf(settings)}
+    builder = SparkSession.builder.appName(app_name)
+    jvm_running = SparkContext._active_spark_context is not None or "PYSPARK_GATEWAY_PORT" in os.environ
+    if not jvm_running:
+        builder = builder.master(master or os.environ.get("LAKEFORGE_SPARK_MASTER") or DEFAULT_MASTER)
+        jars = _s3a_jar_paths()
+        if jars_mode() == "jars":
+            conf["spark.jars"] = ",".join(jars)
+        else:
+            conf["spark.driver.extraClassPath"] = os.pathsep.join(jars)
+            conf["spark.executor.extraClassPath"] = os.pathsep.join(jars)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    hconf = spark.sparkContext._jsc.hadoopConfiguration()
+    # Runtime, not launch: pyspark passes launch configs to spark-submit as --conf arguments.
+    hconf.set("fs.s3a.access.key", settings.require("s3_access_key_id"))
+    hconf.set("fs.s3a.secret.key", settings.require("s3_secret_access_key"))
+    if jvm_running:
+        # getOrCreate() ignores spark.hadoop.* on an existing context; apply them here
+        for key, value in conf.items():
+            if key.startswith("spark.hadoop."):
+                hconf.set(key[len("spark.hadoop."):], value)
+    return spark
+
+
+def submit_kwargs(settings: Settings | None = None) -> dict[str, Any]:
+    """Keyword arguments for Airflow's ``SparkSubmitOperator``: ``conf``, ``env_vars`` and either
+    ``driver_class_path`` (default, see :func:`jars_mode`) or ``jars``.
+
+    Call it inside a task (at run time), never at DAG parse time: it reads the S3 settings and
+    keys from the environment / supervisor state, and fails loudly when they are missing. The
+    keys go into ``env_vars`` only (the job's :func:`spark_session` sets them on the Hadoop
+    configuration), never into ``conf``, which spark-submit puts on its command line.
+
+    Args:
+        settings: endpoints and keys; default :meth:`Settings.load`.
+    """
+    settings = settings or Settings.load()
+    conf = {**base_conf(), **s3a_conf(settings)}
+    env = {
+        "LAKEFORGE_HOME": str(settings.home),
+        "LAKEFORGE_S3_ENDPOINT": settings.require("s3_endpoint"),
+        "LAKEFORGE_S3_BUCKET": settings.s3_bucket,
+        "LAKEFORGE_S3_REGION": settings.s3_region,
+        "LAKEFORGE_S3_ACCESS_KEY_ID": settings.require("s3_access_key_id"),
+        "LAKEFORGE_S3_SECRET_ACCESS_KEY": settings.require("s3_secret_access_key"),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+    }
+    jars = _s3a_jar_paths()
+    kwargs: dict[str, Any] = {"conf": conf, "env_vars": env}
+    if jars_mode() == "jars":
+        kwargs["jars"] = ",".join(jars)
+    else:
+        kwargs["driver_class_path"] = os.pathsep.join(jars)
+        conf["spark.executor.extraClassPath"] = os.pathsep.join(jars)
+    return kwargs
