@@ -1,0 +1,177 @@
+"""The ``lakeforge`` command line (typer): services, producer, model server, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lakeforge.errors import LakeforgeError
+
+app = typer.Typer(help="lakeforge: Kafka -> lake -> Spark -> training -> MLflow -> serving, on Airflow 3.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console(soft_wrap=True)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    raise typer.Exit(1)
+
+
+def _supervisor():
+    from lakeforge.services.supervisor import Supervisor
+
+    return Supervisor()
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def up() -> None:
+    """Start (or keep) every embedded service; print endpoints and the Airflow login."""
+    sup = _supervisor()
+    try:
+        endpoints = sup.up(progress=console.print)
+    except LakeforgeError as exc:
+        _fail(exc)
+    user, password = sup.admin_credentials()
+    for k, v in endpoints.items():
+        console.print(f"  {k:<16} {v}", highlight=False)
+    console.print(f"  Airflow login    {user} / {password}", highlight=False)
+    console.print(f"  state dir        {sup.state.home}", highlight=False)
+
+
+@app.command()
+def down() -> None:
+    """Stop every embedded service started from this state dir."""
+    still = _supervisor().down(progress=console.print)
+    if still:
+        _fail(LakeforgeError(f"ports still listening after down: {still}"))
+    console.print("  all stopped; nothing listening on lakeforge's ports")
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Show each service: pid, health, endpoint, log file."""
+    rows = _supervisor().status()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("service", "pid", "healthy", "endpoint", "log")
+    for r in rows:
+        table.add_row(r["service"], str(r["pid"] or "-"), "yes" if r["healthy"] else "no", r["endpoint"], r["log"])
+    console.print(table)
+    if not all(r["healthy"] for r in rows):
+        raise typer.Exit(3)
+
+
+@app.command()
+def logs(service: Optional[str] = typer.Argument(None, help="service name (default: list log files)"),
+         lines: int = typer.Option(50, "-n", help="lines to show"),
+         follow: bool = typer.Option(False, "-f", help="follow the log")) -> None:
+    """Show a service's log (or list them)."""
+    sup = _supervisor()
+    if not service:
+        for name in sup.service_names():
+            console.print(f"  {name:<22} {sup.service(name).log_path}", highlight=False)
+        return
+    if service not in sup.service_names():
+        _fail(LakeforgeError(f"unknown service {service!r}; known: {sup.service_names()}"))
+    path = sup.service(service).log_path
+    cmd = ["tail", f"-n{lines}"] + (["-F"] if follow else []) + [str(path)]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+def env() -> None:
+    """Print the LAKEFORGE_* variables of the running services (``eval $(lakeforge env)``)."""
+    for k, v in _supervisor().writer_env().items():
+        print(f"export {k}='{v}'")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def airflow(ctx: typer.Context) -> None:
+    """Run the airflow CLI against lakeforge's Airflow, e.g. `lakeforge airflow backfill create --dag-id …`."""
+    import os
+
+    env = {**os.environ, **_supervisor().airflow_env()}
+    raise typer.Exit(subprocess.call([str(Path(sys.executable).parent / "airflow"), *ctx.args], env=env))
+
+
+@app.command()
+def produce(pipeline: str = typer.Option("movie_reviews", help="pipeline name"),
+            records: int = typer.Option(2000, help="events to send"),
+            days: int = typer.Option(3, help="spread event times over the last N days"),
+            seed: int = typer.Option(7, help="RNG seed (same seed, same events)"),
+            no_faults: bool = typer.Option(False, "--no-faults", help="send clean events only"),
+            truth: Optional[Path] = typer.Option(None, help="ground-truth JSONL path")) -> None:
+    """Replay movie reviews into Kafka as JSON events (with injected faults)."""
+    from lakeforge.produce import FaultRates, ProduceConfig
+    from lakeforge.produce import produce as do_produce
+
+    faults = FaultRates(**{k: 0.0 for k in FaultRates.model_fields}) if no_faults else FaultRates()
+    cfg = ProduceConfig(pipeline=pipeline, records=records, days=days, seed=seed, faults=faults, truth_path=truth)
+    try:
+        summary = do_produce(cfg, progress=lambda n, total: console.print(f"  sent {n}/{total}"))
+    except LakeforgeError as exc:
+        _fail(exc)
+    print(json.dumps(summary))
+
+
+@app.command()
+def ingest(pipeline: str = typer.Option("movie_reviews"), partition: str = typer.Option(..., help="YYYY-MM-DD")) -> None:
+    """Land one partition from Kafka into the lake (what the DAG's land_events task runs)."""
+    from lakeforge.ingest import IngestConfig, run
+
+    m = run(IngestConfig(pipeline=pipeline, partition=partition))
+    print(json.dumps({"partition": m.partition, "rows": m.rows, "quarantined": m.quarantined}))
+
+
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+          model: Optional[str] = typer.Option(None, help="registered model name (default: first pipeline's)"),
+          tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: LAKEFORGE_MLFLOW_URI)")) -> None:
+    """Run the model server: /v1/predict answered by the MLflow `champion` alias, hot-swapped."""
+    from lakeforge.config import Settings, all_pipelines
+    from lakeforge.serve import main
+
+    settings = Settings.load()
+    model = model or all_pipelines()[0].model.registered_name
+    main(host=host, port=port, model_name=model, tracking_uri=tracking_uri or settings.require("mlflow_uri"))
+
+
+@app.command()
+def demo(pipeline: str = typer.Option("movie_reviews"),
+         records: int = typer.Option(2000, help="events to produce"),
+         days: int = typer.Option(3, help="days of event time"),
+         max_steps: Optional[int] = typer.Option(None, help="override training steps"),
+         result: Optional[Path] = typer.Option(None, help="write the result JSON here")) -> None:
+    """Run the whole chain through Airflow and end with a real prediction."""
+    from dataclasses import asdict
+
+    from lakeforge.demo import print_result, run_demo
+
+    try:
+        res = run_demo(pipeline, records=records, days=days, max_steps=max_steps, say=console.print)
+    except LakeforgeError as exc:
+        _fail(exc)
+    print_result(res, _supervisor(), say=lambda s: console.print(s, highlight=False, markup=False))
+    if result:
+        result.parent.mkdir(parents=True, exist_ok=True)
+        result.write_text(json.dumps(asdict(res), indent=2))
+
+
+if __name__ == "__main__":
+    app()
