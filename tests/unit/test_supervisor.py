@@ -1,0 +1,102 @@
+"""The supervisor's building blocks on tiny real processes (no lakeforge services needed)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+import pytest
+
+from lakeforge.errors import ServiceError
+from lakeforge.services.base import ProcessService, State, port_free
+
+
+@pytest.fixture
+def state(tmp_path):
+    return State(tmp_path / "home")
+
+
+def test_taken_preferred_port_is_replaced_and_remembered(state):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        chosen = state.port("svc", taken)
+        assert chosen != taken and port_free(chosen)
+    assert state.ports["svc"] == chosen
+    assert state.port("svc", taken) == chosen  # stable across calls while free
+
+
+def test_two_services_never_share_a_port(state):
+    a = state.port("a", 45123)
+    b = state.port("b", 45123)
+    assert a != b
+
+
+@dataclass
+class ShellService(ProcessService):
+    healthy_file: str = ""
+
+    def healthy(self) -> bool:
+        import os
+
+        return os.path.exists(self.healthy_file)
+
+
+def test_crashing_service_is_named_with_its_log_tail(state):
+    svc = ShellService(name="crashy", state=state, argv=["sh", "-c", "echo 'bind: address already in use'; exit 3"],
+                       healthy_file="/nonexistent")
+    with pytest.raises(ServiceError) as err:
+        svc.start()
+    msg = str(err.value)
+    assert "crashy exited with code 3" in msg and "address already in use" in msg
+
+
+def test_service_that_never_gets_healthy_times_out_with_log(state):
+    svc = ShellService(name="slow", state=state, argv=["sh", "-c", "echo starting; sleep 30"],
+                       healthy_file="/nonexistent", start_timeout=1.5)
+    with pytest.raises(ServiceError, match="(?s)slow did not become healthy.*starting"):
+        svc.start()
+    svc.stop()
+    assert not svc.running()
+
+
+def test_stop_kills_the_whole_process_tree(state, tmp_path):
+    flag = tmp_path / "ready"
+    # a parent that ignores SIGTERM and a child in the same group: both must go
+    script = f"trap '' TERM; sleep 60 & touch {flag}; wait"
+    svc = ShellService(name="tree", state=state, argv=["sh", "-c", script], healthy_file=str(flag))
+    svc.start()
+    pid = svc.pid()
+    children = psutil.Process(pid).children(recursive=True)
+    assert children
+    t0 = time.monotonic()
+    svc.stop(timeout=1)
+    assert time.monotonic() - t0 < 10
+    assert not svc.running()
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_start_is_idempotent(state, tmp_path):
+    flag = tmp_path / "up"
+    svc = ShellService(name="idem", state=state, argv=["sh", "-c", f"touch {flag}; sleep 60"], healthy_file=str(flag))
+    svc.start()
+    first = svc.pid()
+    svc.start()
+    assert svc.pid() == first
+    svc.stop()
+
+
+def test_external_endpoints_skip_embedded_services(tmp_path, monkeypatch):
+    from lakeforge.services.supervisor import Supervisor
+
+    monkeypatch.setenv("LAKEFORGE_KAFKA_BOOTSTRAP", "kafka.example:9092")
+    monkeypatch.setenv("LAKEFORGE_PG_URI", "postgresql://u:p@db.example:5432/postgres")
+    sup = Supervisor(tmp_path / "home")
+    names = sup.service_names()
+    assert "kafka" not in names and "postgres" not in names and "s3" in names
+    assert sup.kafka_bootstrap() == "kafka.example:9092"
+    assert sup._pg_uri("airflow") == "postgresql+psycopg2://u:p@db.example:5432/airflow"
