@@ -1,0 +1,161 @@
+"""Shared fixtures of the unit tests: one small local SparkSession, Arrow-built tiny frames, and a
+lake on local disk (same keys and publish protocol as S3) for round trips of the Spark jobs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A plain local SparkSession (no S3): one core, no UI, 2 shuffle partitions, UTC."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[1]")
+        .appName("lakeforge-unit-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        # tiny frames: adaptive re-planning costs more than it saves (results are the same)
+        .config("spark.sql.adaptive.enabled", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def arrow_frame(spark):
+    """``arrow_frame(schema, rows)``: a Spark DataFrame of ``rows`` (tuples) with a small DDL-like
+    schema (``"id string, n bigint"``; types string, bigint, int, timestamp in UTC).
+
+    Built through Arrow: unlike a Python list, it needs no Python worker, which keeps tiny-frame
+    tests fast.
+    """
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "bigint": pa.int64(), "int": pa.int32(),
+             "timestamp": pa.timestamp("us", tz="UTC")}
+
+    def make(schema: str, rows):
+        fields = [(name, types[kind]) for name, kind in (part.split() for part in schema.split(","))]
+        names = [name for name, _ in fields]
+        table = pa.Table.from_pylist([dict(zip(names, row)) for row in rows], schema=pa.schema(fields))
+        return spark.createDataFrame(table)
+
+    return make
+
+
+def make_local_lake(root):
+    """A :class:`lakeforge.lake.Lake` rooted in a local directory: same keys and publish protocol,
+    ``file://`` URIs instead of ``s3://``/``s3a://``, no S3 server."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    from pyarrow import fs as pafs
+
+    from lakeforge.config import Partition, Settings
+    from lakeforge.errors import ManifestError
+    from lakeforge.lake import Lake, Manifest
+
+    root = Path(root)
+
+    class _LocalLake(Lake):
+        def __init__(self):
+            super().__init__(Settings(home=root))
+            self.root = root
+            self._fs = pafs.LocalFileSystem()
+
+        def uri(self, key, scheme="s3"):
+            return f"file://{self.root / key}"  # not as_uri(): it escapes the '=' of dt=…
+
+        def key_of(self, uri):
+            return Path(uri.removeprefix("file://")).relative_to(self.root).as_posix()
+
+        def arrow_path(self, uri_or_key):
+            key = self.key_of(uri_or_key) if "://" in uri_or_key else uri_or_key
+            return str(self.root / key)
+
+        def list_run_files(self, run_prefix_key, suffix=".parquet"):
+            files = sorted((self.root / run_prefix_key).glob(f"*{suffix}"))
+            return [self.uri(p.relative_to(self.root).as_posix()) for p in files]
+
+        def publish(self, manifest):
+            part = Partition(start=manifest.interval[0], end=manifest.interval[1])
+            path = self.root / self.manifest_key(manifest.layer, manifest.pipeline, part)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(manifest.model_dump_json(indent=2))
+            for run_dir in path.parent.glob("run=*"):
+                if run_dir.name != f"run={manifest.run_id}":
+                    shutil.rmtree(run_dir)
+            return f"file://{path}"
+
+        def read_manifest(self, layer, pipeline, partition):
+            path = self.root / self.manifest_key(layer, pipeline, partition)
+            if not path.exists():
+                raise ManifestError(f"no published {layer} partition at {path}")
+            return Manifest.model_validate_json(path.read_text())
+
+        def manifest_ref(self, layer, pipeline, partition):
+            path = self.root / self.manifest_key(layer, pipeline, partition)
+            return {"path": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+    return _LocalLake()
+
+
+
+
+@pytest.fixture
+def local_lake(tmp_path):
+    """A lake on local disk under ``tmp_path`` (see :func:`make_local_lake`)."""
+    return make_local_lake(tmp_path / "lake")
+
+
+@pytest.fixture
+def publish_raw(local_lake):
+    """Write raw rows (dicts following the raw contract) as one Parquet file and publish their
+    manifest; returns the Partition. ``rows=[]`` publishes an empty partition (no files)."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lakeforge.config import Partition
+    from lakeforge.lake import Manifest
+
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.int64()),
+                        ("source", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")),
+                        ("kafka_topic", pa.string()), ("kafka_partition", pa.int32()),
+                        ("kafka_offset", pa.int64())])
+
+    def _publish(rows, partition="2026-11-23", pipeline="movie_reviews"):
+        part = Partition.parse(partition)
+        files = []
+        if rows:
+            full = [{"source": "imdb", "event_time": part.start.replace(hour=1),
+                     "kafka_topic": "movie_reviews.events", "kafka_partition": 0, "kafka_offset": i, **r}
+                    for i, r in enumerate(rows)]
+            key = local_lake.run_key("raw", pipeline, part, "ingest1") + "/part-00000.parquet"
+            path = local_lake.root / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(full, schema=schema), path)
+            files = [local_lake.describe_file(local_lake.uri(key))]
+        local_lake.publish(Manifest(layer="raw", pipeline=pipeline, partition=part.path,
+                                    interval=(part.start, part.end), schema_version=1, run_id="ingest1",
+                                    files=files, rows=sum(f.rows for f in files),
+                                    created_at=datetime(2026, 11, 24, tzinfo=timezone.utc)))
+        return part
+
+    return _publish
