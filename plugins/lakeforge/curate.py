@@ -481,8 +481,8 @@ def safe_run_id(value: str | None) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)[:120]
 
 
-class CurateConfig(BaseModel):
-    """Arguments of one curate run (``jobs/curate.py``)."""
+class SparkJobConfig(BaseModel):
+    """Arguments of one Spark stage run on one partition (``jobs/curate.py``, ``jobs/features.py``)."""
 
     model_config = ConfigDict(frozen=True)
     pipeline: str  # pipeline name (pipelines/<name>.yaml) or a path to its YAML
@@ -496,6 +496,10 @@ class CurateConfig(BaseModel):
     @classmethod
     def _safe_run_id(cls, v: str | None) -> str:
         return safe_run_id(v)
+
+
+class CurateConfig(SparkJobConfig):
+    """Arguments of one curate run (``jobs/curate.py``)."""
 
 
 def summarize(manifest: Manifest, lake: Lake | None = None) -> dict[str, Any]:

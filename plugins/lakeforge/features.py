@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lakeforge.config import PipelineConfig, Partition
 from lakeforge.curate import (HASH, CurateResult, RowFilter, check_rows_read, publish_frame,
-                              read_manifest_frame, run_steps, safe_run_id)
+                              read_manifest_frame, run_steps, safe_run_id, SparkJobConfig)
 from lakeforge.errors import ConfigError
 from lakeforge.lake import Lake, Manifest, new_run_id
 
@@ -129,21 +129,8 @@ def split_stats(df: "DataFrame", labels: Sequence[str]) -> dict[str, Any]:
     }
 
 
-class FeaturesConfig(BaseModel):
+class FeaturesConfig(SparkJobConfig):
     """Arguments of one features run (``jobs/features.py``)."""
-
-    model_config = ConfigDict(frozen=True)
-    pipeline: str  # pipeline name (pipelines/<name>.yaml) or a path to its YAML
-    partition: str  # YYYY-MM-DD, or YYYY-MM-DDTHH for hourly pipelines
-    run_id: str = Field(default_factory=new_run_id)  # run prefix in the lake; made path-safe
-    master: str | None = None  # Spark master URL; None: spark_session's default / spark-submit's
-    samples_per_reason: int = 5  # dropped rows per reason recorded in the manifest
-    rows_per_file: int = 1_000_000  # above this, output is split into several files
-
-    @field_validator("run_id", mode="before")
-    @classmethod
-    def _safe_run_id(cls, v: str | None) -> str:
-        return safe_run_id(v)
 
 
 def run(config: FeaturesConfig, *, lake: Lake | None = None, spark: "SparkSession | None" = None) -> Manifest:

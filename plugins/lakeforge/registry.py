@@ -64,6 +64,13 @@ def _eval_frame(eval_table):
     return frame["text"].astype(str).tolist(), frame["label"].tolist()
 
 
+def mlflow_client(tracking_uri: str):
+    """An MLflow client whose tracking and registry are both ``tracking_uri``."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 class ModelPromoter:
     """Compares a candidate with the champion on one eval table and moves the alias if it wins."""
 
@@ -90,9 +97,7 @@ class ModelPromoter:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def accuracy(self, model_uri: str, eval_table) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lakeforge.registry import CHAMPION, champion_version
+from lakeforge.registry import CHAMPION, champion_version, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,7 @@ class ChampionWatcher:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def start(self) -> None:

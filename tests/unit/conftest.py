@@ -33,6 +33,10 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+    # py4j logs "closing down" from an atexit hook after pytest closed its streams: keep it quiet
+    import logging
+
+    logging.getLogger("py4j").setLevel(logging.ERROR)
 
 
 @pytest.fixture(scope="session")

@@ -230,6 +230,19 @@ class ProcessService:
         log.info("%s stopped", self.name)
 
 
+class LoopbackHttp:
+    """Mixin for services that answer HTTP on 127.0.0.1:``self.port``."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def endpoint(self) -> str:
+        return self.url
+
+
 def stop_process_group(pid: int, timeout: float = 15.0, first_signal: int = signal.SIGTERM) -> None:
     """Stop a process and its whole group (and any descendants that left the group)."""
     import psutil

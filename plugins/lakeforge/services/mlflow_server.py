@@ -10,11 +10,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lakeforge.services.base import ProcessService, http_ok
+from lakeforge.services.base import LoopbackHttp, ProcessService, http_ok
 
 
 @dataclass
-class MlflowService(ProcessService):
+class MlflowService(LoopbackHttp, ProcessService):
     port: int = 5000
     backend_uri: str = ""  # postgresql+psycopg2://… (set by the supervisor)
     s3_endpoint: str = ""
@@ -25,13 +25,6 @@ class MlflowService(ProcessService):
     def __post_init__(self):
         self.start_timeout = 120.0
         self.depends_on = ("postgres", "s3")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def endpoint(self) -> str:
-        return self.url
 
     def prepare(self) -> None:
         mlflow_bin = str(Path(sys.executable).parent / "mlflow")

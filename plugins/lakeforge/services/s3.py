@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lakeforge.errors import PrerequisiteError
-from lakeforge.services.base import ProcessService, State, port_open
+from lakeforge.services.base import LoopbackHttp, ProcessService, State, port_open
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def ensure_keys(state: State) -> dict[str, dict[str, str]]:
 
 
 @dataclass
-class SeaweedS3Service(ProcessService):
+class SeaweedS3Service(LoopbackHttp, ProcessService):
     port: int = 8333
     master_port: int = 9333
     volume_port: int = 8081
@@ -61,13 +61,6 @@ class SeaweedS3Service(ProcessService):
 
     def __post_init__(self):
         self.start_timeout = 60.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def endpoint(self) -> str:
-        return self.url
 
     def prepare(self) -> None:
         keys = ensure_keys(self.state)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lakeforge.config import Settings, all_pipelines, default_home
 from lakeforge.errors import ServiceError
-from lakeforge.services.base import ProcessService, State, http_ok, port_open, tail
+from lakeforge.services.base import LoopbackHttp, ProcessService, State, http_ok, port_open, tail
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ PREFERRED_PORTS = {
 
 
 @dataclass
-class ModelServerService(ProcessService):
+class ModelServerService(LoopbackHttp, ProcessService):
     """``lakeforge serve``: answers /v1/predict with the MLflow ``champion`` of the pipeline's model."""
 
     port: int = 8000
@@ -44,13 +44,6 @@ class ModelServerService(ProcessService):
         self.argv = [sys.executable, "-m", "lakeforge.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                      "--model", self.model_name]
         self.env = {"MLFLOW_TRACKING_URI": self.tracking_uri, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def endpoint(self) -> str:
-        return self.url
 
     def healthy(self) -> bool:
         return http_ok(f"{self.url}/healthz")
