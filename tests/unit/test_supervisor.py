@@ -100,3 +100,16 @@ def test_external_endpoints_skip_embedded_services(tmp_path, monkeypatch):
     assert "kafka" not in names and "postgres" not in names and "s3" in names
     assert sup.kafka_bootstrap() == "kafka.example:9092"
     assert sup._pg_uri("airflow") == "postgresql+psycopg2://u:p@db.example:5432/airflow"
+
+
+def test_a_dead_service_stops_the_demo_with_its_name_and_log(tmp_path, monkeypatch):
+    """check_alive (polled by the demo while it waits) names the dead service and shows its log."""
+    from lakeforge.services.supervisor import Supervisor
+
+    sup = Supervisor(tmp_path / "home")
+    monkeypatch.setattr(sup, "service_names", lambda: ["model-server"])
+    svc = sup.service("model-server")
+    svc.log_path.write_text("loading champion\nKilled: out of memory\n")
+    svc.pid_path.write_text("999999999")  # no such process
+    with pytest.raises(ServiceError, match="(?s)model-server is not running.*out of memory"):
+        sup.check_alive()
