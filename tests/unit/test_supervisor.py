@@ -113,3 +113,12 @@ def test_a_dead_service_stops_the_demo_with_its_name_and_log(tmp_path, monkeypat
     svc.pid_path.write_text("999999999")  # no such process
     with pytest.raises(ServiceError, match="(?s)model-server is not running.*out of memory"):
         sup.check_alive()
+
+
+def test_down_and_status_work_when_nothing_runs(tmp_path):
+    from lakeforge.services.supervisor import Supervisor
+
+    sup = Supervisor(tmp_path / "home")
+    assert sup.down(progress=lambda *_: None) == []
+    assert sup.down(progress=lambda *_: None) == []  # twice: idempotent
+    assert not any(r["running"] for r in sup.status())

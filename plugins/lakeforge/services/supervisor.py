@@ -109,7 +109,12 @@ class Supervisor:
             hostpart = rest.split("/", 1)[0]
             uri = f"postgresql+psycopg2://{hostpart}/{database}" + (f"?{query}" if query else "")
             return uri
-        return self.postgres().sqlalchemy_uri(database)
+        try:
+            return self.postgres().sqlalchemy_uri(database)
+        except ServiceError:
+            # postgres is down: fine for `down`/`status`, which build the services without starting
+            # them; `up` starts postgres before anything that connects to it
+            return f"postgresql+psycopg2://postgres:@/{database}?host={self.postgres().pgdata}"
 
     def mlflow(self):
         from lakeforge.services.mlflow_server import MlflowService
