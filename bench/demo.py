@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(fresh: bool = typer.Option(True, help="start from an empty state dir (no data, no services)"),
-         records: int = typer.Option(2000, help="events to produce"),
+         records: int = typer.Option(6000, help="events to produce"),
          home: Path = typer.Option(REPO / ".lakeforge-bench", help="state dir used by the benchmark"),
          out: Path = typer.Option(REPO / "bench" / "results" / "demo.json")) -> None:
     os.environ["LAKEFORGE_HOME"] = str(home)

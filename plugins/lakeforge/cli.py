@@ -154,7 +154,7 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
 
 @app.command()
 def demo(pipeline: str = typer.Option("movie_reviews"),
-         records: int = typer.Option(2000, help="events to produce"),
+         records: int = typer.Option(6000, help="events to produce (about a third land in the trained partition)"),
          days: int = typer.Option(3, help="days of event time"),
          max_steps: Optional[int] = typer.Option(None, help="override training steps"),
          result: Optional[Path] = typer.Option(None, help="write the result JSON here")) -> None:

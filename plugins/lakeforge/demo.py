@@ -90,7 +90,7 @@ def wait_for_champion(serve_url: str, min_version: int | None, timeout: float = 
     raise LakeforgeError(f"the model server at {serve_url} did not load a champion within {timeout:.0f}s")
 
 
-def run_demo(pipeline_name: str = "movie_reviews", records: int = 2000, days: int = 3, max_steps: int | None = None,
+def run_demo(pipeline_name: str = "movie_reviews", records: int = 6000, days: int = 3, max_steps: int | None = None,
              say=print, home=None) -> DemoResult:
     from lakeforge.airflow_client import AirflowClient
     from lakeforge.produce import ProduceConfig, produce

@@ -46,9 +46,16 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 REQUIRED_COLUMNS = ("text", "label", "split")
 # The freshly initialised head learns at HEAD_LR_SCALE x the profile's lr, the pretrained encoder at
-# the profile's lr: a random linear layer needs ~1e-3 to move within a few dozen steps, while the
-# encoder at that rate would forget its pretraining. A constant until TrainProfile has a head_lr field.
+# the profile's lr: a random linear layer can take ~1e-3, while the encoder at that rate would forget
+# its pretraining. Measured on the cpu profile (lr 1e-4, 1,000 reviews) it is within noise of 1x
+# (test 0.72 vs 0.705 after 30 steps, 0.795 vs 0.80 after 60): kept for profiles with a small encoder
+# lr. A constant until TrainProfile has a head_lr field.
 HEAD_LR_SCALE = 20.0
+# Texts longer than max_length lose their beginning, not their end: a review's verdict tends to close
+# it ("…a waste of two hours. 2/10"). Measured on 1,000 movie reviews, 60 steps x 16 x 128 tokens:
+# test accuracy 0.735 -> 0.775 at lr 5e-5, 0.775 -> 0.795 at lr 1e-4. The saved tokenizer keeps the
+# setting, so the served pyfunc truncates the same way. A constant until the model spec has a truncation field.
+TRUNCATION_SIDE = "left"
 
 
 def _default_tracking_uri() -> str:
@@ -114,9 +121,10 @@ class MeanPooledClassifier(torch.nn.Module):
 
     Why not ``AutoModelForSequenceClassification``: BERT's head reads the [CLS] token through the
     pooler, and a sentence-transformers checkpoint such as all-MiniLM-L6-v2 never trained that pooler
-    (it was trained for mean-pooled embeddings). With a random pooler the CPU demo's 30 steps learned
-    nothing (loss 0.69, test accuracy 0.46); pooling the way the encoder was trained starts from a
-    useful sentence embedding.
+    (it was trained for mean-pooled embeddings). Pooling the way the encoder was trained starts from a
+    useful sentence embedding: measured on 1,000 movie reviews after 30 CPU steps (lr 1e-4), the
+    [CLS] classifier was still at chance (test 0.53) and this one at 0.72; after 60 steps both reach
+    ~0.80, this one with less spread (0.795/0.845 vs 0.77/0.805 over two data samples).
 
     Saved as a directory the HF way: ``save_pretrained`` writes the encoder (``config.json`` carries
     ``id2label``/``label2id``) plus the head as ``classifier_head.safetensors``; ``from_pretrained``
@@ -340,8 +348,10 @@ def configure_optimizer(model: MeanPooledClassifier, profile: TrainProfile, fuse
     encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = []
     for params, lr_scale in ((encoder, 1.0), (head, HEAD_LR_SCALE)):
-        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": profile.weight_decay, "lr_scale": lr_scale},
-                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": lr_scale}]
+        groups += [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": profile.weight_decay, "lr_scale": lr_scale},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": lr_scale},
+        ]
     return torch.optim.AdamW(groups, lr=profile.lr, fused=fused)
 
 
@@ -455,7 +465,7 @@ def run(config: TrainConfig, table=None, *, inputs: list[dict[str, str]] | None 
 
         # -- model ----------------------------------------------------------------------------------
         base = resolve_base(spec.base)
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer = AutoTokenizer.from_pretrained(base, truncation_side=TRUNCATION_SIDE)
         model = MeanPooledClassifier.from_base(base, spec.labels).to(device)
         raw_model = model
         if ddp:
@@ -486,7 +496,7 @@ def run(config: TrainConfig, table=None, *, inputs: list[dict[str, str]] | None 
             if master:
                 mlflow.log_params(flat_params(config, pipeline, profile, {
                     "max_steps_effective": max_steps, "world_size": world, "device": device.type,
-                    "head_lr_scale": HEAD_LR_SCALE, "pooling": "mean",
+                    "head_lr_scale": HEAD_LR_SCALE, "pooling": "mean", "truncation_side": TRUNCATION_SIDE,
                     "torch_threads": torch.get_num_threads(),
                     "base_dir": str(base), "n_train": len(train_texts),
                     "n_validation": len(splits["validation"][0]), "n_test": len(splits["test"][0]),

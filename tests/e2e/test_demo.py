@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def demo(services):
     from lakeforge.demo import run_demo
 
-    return run_demo("movie_reviews", records=1500, days=3, say=print, home=services.state.home)
+    return run_demo("movie_reviews", records=3000, days=3, say=print, home=services.state.home)
 
 
 def test_demo_ends_with_a_real_prediction(demo):

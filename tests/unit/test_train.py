@@ -104,6 +104,9 @@ def test_version_registered_and_predicts(trained):
     assert set(out["label"]) <= {"negative", "positive"}
     assert out["score"].between(0.5, 1.0).all()  # the probability of the argmax label
     assert list(model.predict(texts)["label"]) == list(out["label"])  # a plain list works too
+    served = model.unwrap_python_model()
+    assert isinstance(served.model, MeanPooledClassifier)
+    assert served.tokenizer.truncation_side == "left"  # the saved tokenizer keeps a review's end
 
 
 def tiny_classifier(seed: int = 0) -> MeanPooledClassifier:
