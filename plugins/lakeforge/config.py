@@ -148,6 +148,8 @@ class TrainProfile(BaseModel):
     eval_batch_size: int = 64  # batch for evaluation
     bf16: bool = False  # bf16 autocast (GPU only)
     seed: int = 42  # RNG seed
+    head_lr_scale: float = 20.0  # the new classification head learns at this multiple of lr
+    truncation_side: Literal["left", "right"] = "left"  # cut long texts' start (a review's verdict closes it)
 
 
 class ModelSpec(BaseModel):

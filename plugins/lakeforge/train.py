@@ -45,17 +45,14 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 REQUIRED_COLUMNS = ("text", "label", "split")
-# The freshly initialised head learns at HEAD_LR_SCALE x the profile's lr, the pretrained encoder at
-# the profile's lr: a random linear layer can take ~1e-3, while the encoder at that rate would forget
-# its pretraining. Measured on the cpu profile (lr 1e-4, 1,000 reviews) it is within noise of 1x
-# (test 0.72 vs 0.705 after 30 steps, 0.795 vs 0.80 after 60): kept for profiles with a small encoder
-# lr. A constant until TrainProfile has a head_lr field.
-HEAD_LR_SCALE = 20.0
-# Texts longer than max_length lose their beginning, not their end: a review's verdict tends to close
-# it ("…a waste of two hours. 2/10"). Measured on 1,000 movie reviews, 60 steps x 16 x 128 tokens:
-# test accuracy 0.735 -> 0.775 at lr 5e-5, 0.775 -> 0.795 at lr 1e-4. The saved tokenizer keeps the
-# setting, so the served pyfunc truncates the same way. A constant until the model spec has a truncation field.
-TRUNCATION_SIDE = "left"
+# Why the profile defaults are what they are (TrainProfile.head_lr_scale / truncation_side):
+# - the freshly initialised head learns at head_lr_scale x lr, the pretrained encoder at lr: a random
+#   linear layer can take ~1e-3, the encoder at that rate would forget its pretraining. On the cpu
+#   profile (lr 1e-4, 1,000 reviews) 20x is within noise of 1x (test 0.795 vs 0.80 after 60 steps);
+#   it matters for profiles with a small encoder lr.
+# - long texts lose their beginning, not their end: a review's verdict tends to close it. Measured on
+#   1,000 reviews, 60 steps x 16 x 128 tokens: test 0.775 -> 0.795 at lr 1e-4. The saved tokenizer
+#   keeps the setting, so the served pyfunc truncates the same way.
 
 
 def _default_tracking_uri() -> str:
@@ -340,14 +337,14 @@ def evaluate(model, tokenizer, texts: list[str], labels: list[int], profile: Tra
 def configure_optimizer(model: MeanPooledClassifier, profile: TrainProfile, fused: bool = False) -> torch.optim.AdamW:
     """AdamW whose param groups carry ``lr_scale``: the loop sets each group's lr to ``lr_scale * get_lr()``.
 
-    The head gets ``HEAD_LR_SCALE``, the encoder 1. Biases and LayerNorm weights (the 1-D tensors)
+    The head gets ``profile.head_lr_scale``, the encoder 1. Biases and LayerNorm weights (the 1-D tensors)
     get no weight decay: decaying them towards 0 only fights the normalisation.
     """
     head = [p for p in model.head_parameters() if p.requires_grad]
     head_ids = {id(p) for p in head}
     encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = []
-    for params, lr_scale in ((encoder, 1.0), (head, HEAD_LR_SCALE)):
+    for params, lr_scale in ((encoder, 1.0), (head, profile.head_lr_scale)):
         groups += [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": profile.weight_decay, "lr_scale": lr_scale},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": lr_scale},
@@ -465,7 +462,7 @@ def run(config: TrainConfig, table=None, *, inputs: list[dict[str, str]] | None 
 
         # -- model ----------------------------------------------------------------------------------
         base = resolve_base(spec.base)
-        tokenizer = AutoTokenizer.from_pretrained(base, truncation_side=TRUNCATION_SIDE)
+        tokenizer = AutoTokenizer.from_pretrained(base, truncation_side=profile.truncation_side)
         model = MeanPooledClassifier.from_base(base, spec.labels).to(device)
         raw_model = model
         if ddp:
@@ -496,7 +493,7 @@ def run(config: TrainConfig, table=None, *, inputs: list[dict[str, str]] | None 
             if master:
                 mlflow.log_params(flat_params(config, pipeline, profile, {
                     "max_steps_effective": max_steps, "world_size": world, "device": device.type,
-                    "head_lr_scale": HEAD_LR_SCALE, "pooling": "mean", "truncation_side": TRUNCATION_SIDE,
+                    "pooling": "mean",
                     "torch_threads": torch.get_num_threads(),
                     "base_dir": str(base), "n_train": len(train_texts),
                     "n_validation": len(splits["validation"][0]), "n_test": len(splits["test"][0]),

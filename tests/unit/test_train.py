@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from lakeforge.config import PipelineConfig, TrainProfile
-from lakeforge.train import (HEAD_FILE, HEAD_LR_SCALE, MeanPooledClassifier, TrainConfig, configure_optimizer, get_lr,
+from lakeforge.train import (HEAD_FILE, MeanPooledClassifier, TrainConfig, configure_optimizer, get_lr,
                              iterate_batches, run, split_rows)
 from lakeforge.errors import DataQualityError
 
@@ -146,9 +146,9 @@ def test_mean_pooling_ignores_padding():
 
 def test_head_learns_faster_than_encoder():
     model = tiny_classifier()
-    groups = configure_optimizer(model, TrainProfile(weight_decay=0.01)).param_groups
-    head = [g for g in groups if g["lr_scale"] == HEAD_LR_SCALE]
-    assert HEAD_LR_SCALE > 1
+    profile = TrainProfile(weight_decay=0.01, head_lr_scale=20.0)
+    groups = configure_optimizer(model, profile).param_groups
+    head = [g for g in groups if g["lr_scale"] == 20.0]
     assert [p for g in head for p in g["params"]] == [model.classifier.weight, model.classifier.bias]
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))  # each parameter once
     assert all(g["weight_decay"] == 0.0 for g in groups if g["params"] and g["params"][0].dim() < 2)
