@@ -93,7 +93,6 @@ def wait_for_champion(serve_url: str, min_version: int | None, timeout: float = 
 def run_demo(pipeline_name: str = "movie_reviews", records: int = 6000, days: int = 3, max_steps: int | None = None,
              say=print, home=None) -> DemoResult:
     from lakeforge.airflow_client import AirflowClient
-    from lakeforge.produce import ProduceConfig, produce
     from lakeforge.services.supervisor import Supervisor
 
     t0 = time.monotonic()
@@ -112,7 +111,7 @@ def run_demo(pipeline_name: str = "movie_reviews", records: int = 6000, days: in
         settings = Settings.load(home=sup.state.home)
 
         say(f"[2/5] producing {records} review events over the last {days} days into {pipeline.topic}")
-        summary = _produce_once(settings, pipeline, records, days, produce, ProduceConfig)
+        summary = _produce_once(settings, pipeline, records, days)
         say(f"      {summary}")
         timings["produced_s"] = round(time.monotonic() - t0, 1)
 
@@ -172,9 +171,11 @@ def _start_run(af, dag_id: str, partition: str, max_steps: int | None, say) -> s
     return run["dag_run_id"]
 
 
-def _produce_once(settings, pipeline, records, days, produce, ProduceConfig) -> dict:
+def _produce_once(settings, pipeline, records, days) -> dict:
     """Produce unless the topic already holds events (a rerun of the demo reuses them)."""
     from kafka import KafkaConsumer, TopicPartition
+
+    from lakeforge.produce import ProduceConfig, produce
 
     consumer = KafkaConsumer(bootstrap_servers=settings.require("kafka_bootstrap"))
     try:

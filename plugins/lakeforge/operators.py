@@ -49,6 +49,8 @@ def promote_model(pipeline_name: str, train_summary: str | dict, **context: Any)
     """Task body: gate the trained version against the champion on the partition's test split."""
     import json
 
+    import pyarrow.compute as pc
+
     from lakeforge.config import Settings
     from lakeforge.lake import Lake
     from lakeforge.registry import ModelPromoter
@@ -59,7 +61,7 @@ def promote_model(pipeline_name: str, train_summary: str | dict, **context: Any)
     lake = Lake(settings)
     part = Partition.parse(summary["partition"], pipeline.partition) if summary.get("partition") else partition_of(context, pipeline)
     table = lake.read_table(lake.read_manifest("features", pipeline.name, part))
-    test = table.filter(__import__("pyarrow.compute", fromlist=["equal"]).equal(table["split"], "test"))
+    test = table.filter(pc.equal(table["split"], "test"))
     promoter = ModelPromoter(settings.require("mlflow_uri"), pipeline.model.registered_name, pipeline.model.min_accuracy)
     decision = promoter.promote(str(summary["version"]), test)
     return decision.__dict__ if hasattr(decision, "__dict__") else dict(decision)
