@@ -527,8 +527,8 @@ def run(config: CurateConfig, *, lake: Lake | None = None, spark: "SparkSession 
     partition = Partition.parse(config.partition, pipeline.partition)
     lake = lake or Lake()
     steps = build_steps(pipeline.curate)  # fail on a bad chain before starting Spark
-    raw_manifest = lake.read_manifest("raw", pipeline.name, partition)
-    inputs = [lake.manifest_ref("raw", pipeline.name, partition)]
+    raw_manifest, raw_ref = lake.read_input("raw", pipeline.name, partition)
+    inputs = [raw_ref]
     if spark is None:
         from lakeforge.spark import spark_session
 

@@ -145,8 +145,8 @@ def run(config: FeaturesConfig, *, lake: Lake | None = None, spark: "SparkSessio
     partition = Partition.parse(config.partition, pipeline.partition)
     lake = lake or Lake()
     labels = pipeline.model.labels
-    curated_manifest = lake.read_manifest("curated", pipeline.name, partition)
-    inputs = [lake.manifest_ref("curated", pipeline.name, partition)]
+    curated_manifest, curated_ref = lake.read_input("curated", pipeline.name, partition)
+    inputs = [curated_ref]
     if spark is None:
         from lakeforge.spark import spark_session
 

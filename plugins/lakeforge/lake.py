@@ -163,21 +163,27 @@ class Lake:
         if stale:
             log.info("removed %d files of superseded runs under %s", len(stale), self.uri(prefix))
 
-    def read_manifest(self, layer: Layer, pipeline: str, partition: Partition) -> Manifest:
+    def manifest_bytes(self, layer: Layer, pipeline: str, partition: Partition) -> tuple[str, bytes]:
+        """URI and raw bytes of a published manifest (the one place that fetches it)."""
         key = self.manifest_key(layer, pipeline, partition)
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return self.uri(key), self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except self.s3.exceptions.NoSuchKey:
             raise ManifestError(
                 f"no published {layer} partition at {self.uri(key)}: run the upstream task for {partition.path} first"
             ) from None
-        return Manifest.model_validate_json(body)
+
+    def read_input(self, layer: Layer, pipeline: str, partition: Partition) -> tuple[Manifest, dict[str, str]]:
+        """A manifest and its lineage ref ``{path, sha256}``, from one fetch (what a stage reads)."""
+        uri, body = self.manifest_bytes(layer, pipeline, partition)
+        return Manifest.model_validate_json(body), {"path": uri, "sha256": hashlib.sha256(body).hexdigest()}
+
+    def read_manifest(self, layer: Layer, pipeline: str, partition: Partition) -> Manifest:
+        return self.read_input(layer, pipeline, partition)[0]
 
     def manifest_ref(self, layer: Layer, pipeline: str, partition: Partition) -> dict[str, str]:
         """``{path, sha256}`` of a published manifest, for lineage (inputs, MLflow tags)."""
-        key = self.manifest_key(layer, pipeline, partition)
-        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        return {"path": self.uri(key), "sha256": hashlib.sha256(body).hexdigest()}
+        return self.read_input(layer, pipeline, partition)[1]
 
     def read_table(self, manifest: Manifest, columns: list[str] | None = None):
         """Read the partition's files (exactly those the manifest lists) as one Arrow table."""

@@ -12,6 +12,7 @@ version was or was not promoted.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -92,13 +93,10 @@ class ModelPromoter:
         self.model_name = model_name
         self.min_accuracy = min_accuracy
         self.labels = list(labels) if labels is not None else None
-        self._client = None
 
-    @property
+    @cached_property
     def client(self):
-        if self._client is None:
-            self._client = mlflow_client(self.tracking_uri)
-        return self._client
+        return mlflow_client(self.tracking_uri)  # created on first use: constructing touches no server
 
     def accuracy(self, model_uri: str, eval_table) -> float:
         """Accuracy of the pyfunc at ``model_uri`` on ``eval_table``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import cached_property
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -54,13 +55,10 @@ class ChampionWatcher:
         self._last_problem: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client = None
 
-    @property
+    @cached_property
     def client(self):
-        if self._client is None:
-            self._client = mlflow_client(self.tracking_uri)
-        return self._client
+        return mlflow_client(self.tracking_uri)  # created on first use: constructing touches no server
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=f"champion-watcher-{self.model_name}", daemon=True)

@@ -449,9 +449,9 @@ def run(config: TrainConfig, table=None, *, inputs: list[dict[str, str]] | None 
             from lakeforge.lake import Lake
 
             lake = Lake(Settings.load())
-            manifest = lake.read_manifest("features", pipeline.name, partition)
+            manifest, ref = lake.read_input("features", pipeline.name, partition)
             table = lake.read_table(manifest)
-            inputs = [lake.manifest_ref("features", pipeline.name, partition)]
+            inputs = [ref]
         splits = split_rows(table)
         train_texts, train_labels = splits["train"]
         if not train_texts:

@@ -64,7 +64,6 @@ def arrow_frame(spark):
 def make_local_lake(root):
     """A :class:`lakeforge.lake.Lake` rooted in a local directory: same keys and publish protocol,
     ``file://`` URIs instead of ``s3://``/``s3a://``, no S3 server."""
-    import hashlib
     import shutil
     from pathlib import Path
 
@@ -106,15 +105,11 @@ def make_local_lake(root):
                     shutil.rmtree(run_dir)
             return f"file://{path}"
 
-        def read_manifest(self, layer, pipeline, partition):
+        def manifest_bytes(self, layer, pipeline, partition):
             path = self.root / self.manifest_key(layer, pipeline, partition)
             if not path.exists():
                 raise ManifestError(f"no published {layer} partition at {path}")
-            return Manifest.model_validate_json(path.read_text())
-
-        def manifest_ref(self, layer, pipeline, partition):
-            path = self.root / self.manifest_key(layer, pipeline, partition)
-            return {"path": f"file://{path}", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            return f"file://{path}", path.read_bytes()
 
     return _LocalLake()
 
