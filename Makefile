@@ -33,7 +33,7 @@ test-unit: setup
 	$(PY) -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
 
 lock:             ## re-resolve requirements/lock.txt from requirements/requirements.in
-	$(PY) -m uv pip compile requirements/requirements.in --python-version 3.11 -o requirements/lock.txt
+	python3 -m uv pip compile requirements/requirements.in --python-version 3.11 -o requirements/lock.txt
 
 bench: setup
 	$(PY) bench/demo.py
