@@ -31,3 +31,19 @@ class PublishConflictError(LakeforgeError):
 
 class DataQualityError(LakeforgeError):
     """A partition failed a data-quality gate; nothing was published."""
+
+
+class ConcurrentRunError(PublishConflictError):
+    """Another run holds the partition's lock."""
+
+
+class SourceUnavailableError(LakeforgeError):
+    """The Kafka broker could not be reached after retries."""
+
+
+class PartitionIncompleteError(LakeforgeError):
+    """The topic has not yet passed the partition's end plus the allowed lateness."""
+
+
+class TimestampSkewError(LakeforgeError):
+    """Records' Kafka timestamps precede their event times by more than the configured skew."""
