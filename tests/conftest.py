@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LAKEFORGE_HOME", str(REPO / ".lakeforge-test"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# test-only pipelines (e.g. the land-only one the backfill test drives through the real scheduler)
+os.environ.setdefault("LAKEFORGE_PIPELINES_PATH", str(REPO / "tests" / "pipelines"))
 
 
 @pytest.fixture(scope="session")

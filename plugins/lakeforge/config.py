@@ -152,6 +152,21 @@ class TrainProfile(BaseModel):
     truncation_side: Literal["left", "right"] = "left"  # cut long texts' start (a review's verdict closes it)
 
 
+class IngestSpec(BaseModel):
+    """How ``land_events`` turns the topic into event-time partitions (see lakeforge.ingest)."""
+
+    model_config = ConfigDict(frozen=True)
+    time_source: Literal["field", "kafka_timestamp"] = "field"  # assign by event_time_field or record timestamp
+    allowed_lateness_s: int = 300  # a partition is complete once every topic-partition passed end + this
+    max_timestamp_skew_s: int = 3600  # how far a record's Kafka timestamp may precede its event time
+    completeness_timeout_s: int = 6 * 3600  # the completeness wait fails after this long
+    poke_interval_s: int = 60  # how often the completeness wait checks the topic
+    rows_per_file: int = 1_000_000  # a new Parquet file after this many rows
+    row_group_rows: int = 65_536  # rows per Parquet row group
+    max_record_bytes: int = 1 << 20  # larger records are quarantined as oversize
+    connect_retries: int = 5  # attempts to reach the broker before failing (exponential backoff)
+
+
 class ModelSpec(BaseModel):
     """Which model to fine-tune and under which name it is registered in MLflow."""
 
@@ -177,6 +192,9 @@ class PipelineConfig(BaseModel):
     event_time_field: str = "event_time"  # ISO-8601 timestamp in the event; partitions use it
     fields: list[FieldSpec]  # event schema
     partition: Literal["daily", "hourly"] = "daily"  # partition granularity
+    ingest: IngestSpec = Field(default_factory=IngestSpec)  # Kafka -> raw landing rules
+    stages: list[Literal["land", "curate", "features", "train"]] = Field(
+        default_factory=lambda: ["land", "curate", "features", "train"])  # DAG tasks, in order (a prefix)
     curate: list[StepSpec] = Field(default_factory=list)  # cleaning steps, in order
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
     model: ModelSpec  # model and training profiles
@@ -188,14 +206,23 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"split must have train/validation/test summing to 1, got {v}")
         return v
 
+    @field_validator("stages")
+    @classmethod
+    def _stages_are_a_prefix(cls, v: list[str]) -> list[str]:
+        order = ["land", "curate", "features", "train"]
+        if v != order[: len(v)] or not v:
+            raise ValueError(f"stages must be a non-empty prefix of {order}, got {v}")
+        return v
+
     @classmethod
     def load(cls, name_or_path: str | Path) -> "PipelineConfig":
-        """Load ``pipelines/<name>.yaml`` (or an explicit path)."""
+        """Load ``pipelines/<name>.yaml`` from the pipeline dirs (or an explicit path)."""
         path = Path(name_or_path)
         if not path.suffix:
-            path = PIPELINES_DIR / f"{name_or_path}.yaml"
+            found = [d / f"{name_or_path}.yaml" for d in pipeline_dirs() if (d / f"{name_or_path}.yaml").exists()]
+            path = found[0] if found else PIPELINES_DIR / f"{name_or_path}.yaml"
         if not path.exists():
-            known = sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+            known = sorted(p.stem for d in pipeline_dirs() for p in d.glob("*.yaml"))
             raise ConfigError(f"pipeline {name_or_path!r} not found at {path}; known pipelines: {known}")
         try:
             return cls.model_validate(yaml.safe_load(path.read_text()))
@@ -203,9 +230,15 @@ class PipelineConfig(BaseModel):
             raise ConfigError(f"invalid pipeline file {path}: {exc}") from exc
 
 
+def pipeline_dirs() -> list[Path]:
+    """``pipelines/`` of the repo, then the dirs in ``LAKEFORGE_PIPELINES_PATH`` (``:``-separated)."""
+    extra = [Path(p) for p in os.environ.get("LAKEFORGE_PIPELINES_PATH", "").split(os.pathsep) if p]
+    return [PIPELINES_DIR, *extra]
+
+
 def all_pipelines() -> list[PipelineConfig]:
-    """Every pipeline in ``pipelines/`` (one DAG each)."""
-    return [PipelineConfig.load(p) for p in sorted(PIPELINES_DIR.glob("*.yaml"))]
+    """Every pipeline in the pipeline dirs (one DAG each)."""
+    return [PipelineConfig.load(p) for d in pipeline_dirs() for p in sorted(d.glob("*.yaml"))]
 
 
 # --------------------------------------------------------------------------------------------

@@ -168,7 +168,8 @@ class Supervisor:
             w = ensure_keys(self.state)["writer"]
             env["LAKEFORGE_S3_ACCESS_KEY_ID"] = w["access_key_id"]
             env["LAKEFORGE_S3_SECRET_ACCESS_KEY"] = w["secret_access_key"]
-        for k in ("LAKEFORGE_S3_BUCKET", "LAKEFORGE_SPARK_MASTER", "LAKEFORGE_JAR_CACHE"):
+        for k in ("LAKEFORGE_S3_BUCKET", "LAKEFORGE_SPARK_MASTER", "LAKEFORGE_JAR_CACHE", "LAKEFORGE_PIPELINES_PATH",
+                  "LAKEFORGE_PUSHGATEWAY_URL"):
             if os.environ.get(k):
                 env[k] = os.environ[k]
         return env
