@@ -131,12 +131,19 @@ def produce(pipeline: str = typer.Option("movie_reviews", help="pipeline name"),
 
 
 @app.command()
-def ingest(pipeline: str = typer.Option("movie_reviews"), partition: str = typer.Option(..., help="YYYY-MM-DD")) -> None:
+def ingest(pipeline: str = typer.Option("movie_reviews", help="pipeline name or YAML path"),
+           partition: str = typer.Option(..., help="YYYY-MM-DD (or YYYY-MM-DDTHH for hourly pipelines)"),
+           force: bool = typer.Option(False, "--force", help="land even if the topic has not passed end + lateness"),
+           run_id: Optional[str] = typer.Option(None, help="run id (default: generated)")) -> None:
     """Land one partition from Kafka into the lake (what the DAG's land_events task runs)."""
-    from lakeforge.ingest import IngestConfig, run
+    from lakeforge.ingest import IngestConfig, metrics_of, run
 
-    m = run(IngestConfig(pipeline=pipeline, partition=partition))
-    print(json.dumps({"partition": m.partition, "rows": m.rows, "quarantined": m.quarantined}))
+    try:
+        m = run(IngestConfig(pipeline=pipeline, partition=partition, force=force, run_id=run_id),
+                progress=lambda msg: Console(stderr=True).print(f"[dim]{msg}[/dim]"))
+    except LakeforgeError as exc:
+        _fail(exc)
+    print(json.dumps(metrics_of(m)))
 
 
 @app.command()
