@@ -10,11 +10,13 @@ from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG, Asset, Param
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.providers.standard.sensors.python import PythonSensor
+from airflow.sdk import DAG, Asset, Param, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from lakeforge.config import REPO_ROOT, all_pipelines
-from lakeforge.operators import LakeSparkSubmitOperator, land_events, promote_model
+from lakeforge.operators import LakeSparkSubmitOperator, land_events, late_partitions, partition_complete, promote_model
 
 PARTITION = "{{ ti.xcom_pull(task_ids='land_events')['partition'] }}"
 
@@ -23,8 +25,10 @@ DOC = """
 
 {description}
 
-**Flow:** `land_events` (Kafka topic `{topic}` -> `s3://<lake>/raw/{name}/dt=…/`, Parquet + `_MANIFEST.json`,
-bad records to `quarantine/`) -> `curate_partition` (Spark: {steps}) -> `build_features` (Spark: labels,
+**Flow:** `wait_for_partition` (sensor, reschedule mode: every partition of the topic must hold a record
+stamped at or after the interval's end + {lateness}s allowed lateness; times out after {timeout}s) ->
+`land_events` (Kafka topic `{topic}` -> `s3://<lake>/raw/{name}/dt=…/`, Parquet + `_MANIFEST.json`,
+bad records to `quarantine/` with a reason) -> `curate_partition` (Spark: {steps}) -> `build_features` (Spark: labels,
 deterministic train/validation/test split) -> `train_model` (`torchrun jobs/train.py`, pool `gpu`, logs to
 MLflow and registers `{model}`) -> `promote_model` (gate vs. the `champion` alias on the test split).
 
@@ -32,7 +36,16 @@ MLflow and registers `{model}`) -> `promote_model` (gate vs. the `champion` alia
 the `partition` Param (e.g. yesterday's date). Backfill: `airflow backfill create --dag-id {name}
 --from-date 2026-11-01 --to-date 2026-11-07`.
 
-**Reruns** replace a partition whole: readers only see what a `_MANIFEST.json` lists.
+**Reruns** replace a partition whole: readers only see what a `_MANIFEST.json` lists. Two runs of the same
+partition at once: the second fails at once naming the holder (a PostgreSQL advisory lock).
+
+**Late records** (reaching Kafka after their partition was landed) are never dropped: the landing that reads
+them lists their partitions, and `reland_late` triggers a run of this DAG for each (`partition` set,
+`force_complete` true), which re-lands it whole; its manifest counts them as `late_rows`.
+
+**Params:** `partition` (manual runs), `force_complete` (land without waiting for completeness),
+`max_steps` (training override). Landing counts, lag and volume per topic-partition are in the raw asset
+event's metadata and in `$LAKEFORGE_HOME/metrics/ingest_{name}.prom` (Prometheus text format).
 """
 
 for pipeline in all_pipelines():
@@ -45,6 +58,7 @@ for pipeline in all_pipelines():
         dag_id=pipeline.name,
         description=pipeline.description.strip()[:200],
         doc_md=DOC.format(name=pipeline.name, description=pipeline.description, topic=pipeline.topic,
+                          lateness=pipeline.ingest.allowed_lateness_s, timeout=pipeline.ingest.completeness_timeout_s,
                           steps=", ".join(s.name for s in pipeline.curate), model=pipeline.model.registered_name),
         # a data-interval timetable: each run covers [previous tick, tick), which is its partition
         # (Airflow 3's plain "@daily" is a zero-length trigger timetable)
@@ -56,37 +70,54 @@ for pipeline in all_pipelines():
         params={
             "partition": Param(None, type=["null", "string"], title="Partition",
                                description="YYYY-MM-DD (required on manual runs; scheduled runs use the data interval)"),
+            "force_complete": Param(False, type="boolean", title="Land without waiting",
+                                    description="skip the completeness wait (late records are re-landed later)"),
             "max_steps": Param(None, type=["null", "integer"], minimum=1, title="Training steps override"),
         },
         tags=["lakeforge", pipeline.name],
     ) as dag:
+        wait = PythonSensor(
+            task_id="wait_for_partition", python_callable=partition_complete,
+            op_kwargs={"pipeline_name": pipeline.name}, mode="reschedule",
+            poke_interval=pipeline.ingest.poke_interval_s, timeout=pipeline.ingest.completeness_timeout_s,
+        )
         land = PythonOperator(
             task_id="land_events", python_callable=land_events, op_kwargs={"pipeline_name": pipeline.name},
             outlets=[raw],
         )
-        curate = LakeSparkSubmitOperator(
-            task_id="curate_partition", application=str(REPO_ROOT / "jobs" / "curate.py"),
-            application_args=["--pipeline", pipeline.name, "--partition", PARTITION, "--run-id", "{{ run_id }}"],
-            name=f"curate-{pipeline.name}", conn_id="spark_default", outlets=[curated],
-        )
-        feats = LakeSparkSubmitOperator(
-            task_id="build_features", application=str(REPO_ROOT / "jobs" / "features.py"),
-            application_args=["--pipeline", pipeline.name, "--partition", PARTITION, "--run-id", "{{ run_id }}"],
-            name=f"features-{pipeline.name}", conn_id="spark_default", outlets=[features],
-        )
-        train = BashOperator(
-            task_id="train_model", pool="gpu", queue="gpu",  # queue: the GPU worker under CeleryExecutor
-            bash_command=(
-                f"torchrun --standalone --nproc_per_node=1 {REPO_ROOT / 'jobs' / 'train.py'} "
-                f"--pipeline {pipeline.name} --partition {PARTITION} "
-                "{% if params.max_steps %}--max-steps {{ params.max_steps }}{% endif %}"
-            ),
-            cwd=str(REPO_ROOT), execution_timeout=timedelta(hours=6),
-        )
-        promote = PythonOperator(
-            task_id="promote_model", python_callable=promote_model,
-            op_kwargs={"pipeline_name": pipeline.name, "train_summary": "{{ ti.xcom_pull(task_ids='train_model') }}"},
-            outlets=[model],
-        )
-        land >> curate >> feats >> train >> promote
+        # one triggered run per partition that received late records (none: the task is skipped)
+        reland = TriggerDagRunOperator.partial(
+            task_id="reland_late", trigger_dag_id=pipeline.name, wait_for_completion=False,
+        ).expand(conf=late_partitions(land.output))
+        wait >> land
+        stages = {"land": land}
+        if "curate" in pipeline.stages:
+            stages["curate"] = LakeSparkSubmitOperator(
+                task_id="curate_partition", application=str(REPO_ROOT / "jobs" / "curate.py"),
+                application_args=["--pipeline", pipeline.name, "--partition", PARTITION, "--run-id", "{{ run_id }}"],
+                name=f"curate-{pipeline.name}", conn_id="spark_default", outlets=[curated],
+            )
+        if "features" in pipeline.stages:
+            stages["features"] = LakeSparkSubmitOperator(
+                task_id="build_features", application=str(REPO_ROOT / "jobs" / "features.py"),
+                application_args=["--pipeline", pipeline.name, "--partition", PARTITION, "--run-id", "{{ run_id }}"],
+                name=f"features-{pipeline.name}", conn_id="spark_default", outlets=[features],
+            )
+        if "train" in pipeline.stages:
+            stages["train"] = BashOperator(
+                task_id="train_model", pool="gpu", queue="gpu",  # queue: the GPU worker under CeleryExecutor
+                bash_command=(
+                    f"torchrun --standalone --nproc_per_node=1 {REPO_ROOT / 'jobs' / 'train.py'} "
+                    f"--pipeline {pipeline.name} --partition {PARTITION} "
+                    "{% if params.max_steps %}--max-steps {{ params.max_steps }}{% endif %}"
+                ),
+                cwd=str(REPO_ROOT), execution_timeout=timedelta(hours=6),
+            )
+            stages["promote"] = PythonOperator(
+                task_id="promote_model", python_callable=promote_model,
+                op_kwargs={"pipeline_name": pipeline.name,
+                           "train_summary": "{{ ti.xcom_pull(task_ids='train_model') }}"},
+                outlets=[model],
+            )
+        chain(*stages.values())
     globals()[f"dag_{pipeline.name}"] = dag

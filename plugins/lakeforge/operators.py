@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import task
 
 from lakeforge.config import Partition, PipelineConfig
 
@@ -35,14 +36,45 @@ def partition_of(context: Any, pipeline: PipelineConfig) -> Partition:
                                    param or None, pipeline.partition)
 
 
-def land_events(pipeline_name: str, **context: Any) -> dict:
-    """Task body: land the run's partition from Kafka into the lake."""
-    from lakeforge.ingest import IngestConfig, run
+def partition_complete(pipeline_name: str, **context: Any) -> bool:
+    """Sensor body: has every topic-partition passed the run's partition end + allowed lateness?"""
+    import logging
+
+    from lakeforge.ingest import check_complete
 
     pipeline = PipelineConfig.load(pipeline_name)
     part = partition_of(context, pipeline)
-    m = run(IngestConfig(pipeline=pipeline.name, partition=part.path, run_id=context["run_id"]))
-    return {"partition": part.path, "rows": m.rows, "quarantined": m.quarantined, "kafka_offsets": m.kafka_offsets}
+    if (context["params"] or {}).get("force_complete"):
+        logging.getLogger(__name__).info("force_complete is set: not waiting for %s", part.path)
+        return True
+    done, why = check_complete(pipeline, part)
+    logging.getLogger(__name__).info("%s: %s", part.path, why)
+    return done
+
+
+def land_events(pipeline_name: str, **context: Any) -> dict:
+    """Task body: land the run's partition from Kafka into the lake.
+
+    Publishes the landing's counts, lag and volume as the raw asset event's metadata; the result
+    names the partitions that received late records (``late_partitions``) for the re-land task.
+    """
+    from lakeforge.ingest import IngestConfig, metrics_of, run
+
+    pipeline = PipelineConfig.load(pipeline_name)
+    part = partition_of(context, pipeline)
+    force = bool((context["params"] or {}).get("force_complete"))
+    m = run(IngestConfig(pipeline=pipeline.name, partition=part.path, run_id=context["run_id"], force=force))
+    meta = metrics_of(m)
+    for asset in getattr(context.get("task"), "outlets", None) or []:
+        context["outlet_events"][asset].extra = meta
+    return {"partition": part.path, "rows": m.rows, "quarantined": m.quarantined, "kafka_offsets": m.kafka_offsets,
+            "late_partitions": meta["late_partitions"]}
+
+
+@task(task_id="late_partitions")
+def late_partitions(landed: dict) -> list[dict]:
+    """DAG-run confs re-landing each partition that received late records (mapped over by reland_late)."""
+    return [{"partition": p, "force_complete": True} for p in sorted(landed.get("late_partitions") or {})]
 
 
 def promote_model(pipeline_name: str, train_summary: str | dict, **context: Any) -> dict:

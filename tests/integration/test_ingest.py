@@ -1,96 +1,262 @@
-"""Kafka -> lake on the real broker and S3 store: contents equal the producer's ground truth."""
+"""Kafka -> lake on the real broker, S3 store and PostgreSQL: contents equal the producer's ground truth."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from lakeforge.config import PIPELINES_DIR, Partition
+from lakeforge.errors import (ConcurrentRunError, PartitionIncompleteError, SourceUnavailableError,
+                              TimestampSkewError)
 from lakeforge.ingest import IngestConfig, run
 from lakeforge.lake import Lake
 from lakeforge.produce import FaultRates, ProduceConfig, produce
 
 pytestmark = pytest.mark.integration
 
-END = datetime(2026, 11, 20, tzinfo=timezone.utc)  # fixed: the test does not depend on today's date
+END = datetime(2026, 11, 20, tzinfo=timezone.utc)  # fixed: the tests do not depend on today's date
 FAULTS = FaultRates(html=0.05, duplicate=0.05, pii=0.03, empty=0.03, malformed_json=0.04, invalid_utf8=0.03,
                     missing_field=0.03, wrong_type=0.03, oversize=0.02)
 
 
-@pytest.fixture(scope="module")
-def produced(services, settings, tmp_path_factory):
-    """A private pipeline (own topic) with 900 events over 3 days, faults injected."""
-    tmp = tmp_path_factory.mktemp("ingest")
+def private_pipeline(tmp: Path, tag: str, **ingest) -> tuple[str, str]:
+    """A copy of movie_reviews with its own name and topic (and ingest overrides): (yaml path, name)."""
     spec = yaml.safe_load((PIPELINES_DIR / "movie_reviews.yaml").read_text())
     stamp = datetime.now().strftime("%H%M%S%f")
-    spec["name"] = f"itest_{stamp}"
-    spec["topic"] = f"itest.{stamp}.events"
+    spec["name"] = f"itest_{tag}_{stamp}"
+    spec["topic"] = f"itest.{tag}.{stamp}"
+    spec["ingest"] = {**spec.get("ingest", {}), **ingest}
     path = tmp / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    summary = produce(ProduceConfig(pipeline=str(path), records=900, days=3, end=END, seed=11, faults=FAULTS,
-                                    truth_path=tmp / "truth.jsonl"), settings)
-    truth = [json.loads(line) for line in (tmp / "truth.jsonl").read_text().splitlines()]
-    return {"pipeline": str(path), "name": spec["name"], "truth": truth, "summary": summary}
+    return str(path), spec["name"]
 
 
-def _partitions():
-    return [(END - timedelta(days=d)).strftime("%Y-%m-%d") for d in (3, 2, 1)]
+def read_truth(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def day(d: int) -> str:
+    """The day ``d`` days before END."""
+    return (END - timedelta(days=d)).strftime("%Y-%m-%d")
+
+
+@pytest.fixture(scope="module")
+def produced(services, settings, tmp_path_factory):
+    """900 events over the 3 days before END, faults injected, plus a day after END so those 3 are complete."""
+    tmp = tmp_path_factory.mktemp("ingest")
+    path, name = private_pipeline(tmp, "gt")
+    produce(ProduceConfig(pipeline=path, records=900, days=3, end=END, seed=11, faults=FAULTS,
+                          truth_path=tmp / "truth.jsonl"), settings)
+    produce(ProduceConfig(pipeline=path, records=30, days=1, end=END + timedelta(days=1), seed=12,
+                          faults=FaultRates(**{k: 0 for k in FaultRates.model_fields}),
+                          truth_path=tmp / "after.jsonl"), settings)
+    return {"pipeline": path, "name": name, "truth": read_truth(tmp / "truth.jsonl"),
+            "after": read_truth(tmp / "after.jsonl")}
 
 
 def test_partitions_equal_ground_truth(produced, settings):
     lake = Lake(settings)
     landed_total = 0
-    for day in _partitions():
-        m = run(IngestConfig(pipeline=produced["pipeline"], partition=day), settings)
+    for d in (day(3), day(2), day(1)):
+        m = run(IngestConfig(pipeline=produced["pipeline"], partition=d), settings)
         table = lake.read_table(m)
-        expected = [t for t in produced["truth"] if t["partition"] == f"dt={day}"]
+        expected = [t for t in produced["truth"] if t["partition"] == f"dt={d}"]
         want_ids = sorted(t["id"] for t in expected if t["outcome"] == "landed")
         assert sorted(table.column("id").to_pylist()) == want_ids
         want_q = Counter(t["fault"] for t in expected if t["outcome"] == "quarantined")
         assert m.quarantined == dict(want_q)
         assert sum(f.rows for f in m.quarantine_files) == sum(want_q.values())
+        # per-topic-partition volume adds up, and the offsets cover what was read
+        tps = m.stats["topic_partitions"]
+        assert sum(v["landed"] for v in tps.values()) == m.rows
+        assert sum(v["quarantined"] for v in tps.values()) == sum(want_q.values())
+        assert set(m.kafka_offsets[next(iter(m.kafka_offsets))]) == set(tps)
         landed_total += m.rows
     assert landed_total == sum(1 for t in produced["truth"] if t["outcome"] == "landed")
 
 
+def test_landing_exports_prometheus_metrics(produced, settings):
+    run(IngestConfig(pipeline=produced["pipeline"], partition=day(1)), settings)
+    text = (settings.home / "metrics" / f"ingest_{produced['name']}.prom").read_text()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, s.labels.get("partition"), s.labels.get("outcome")): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    landed = sum(v for (n, _, o), v in samples.items() if n == "lakeforge_ingest_records" and o == "landed")
+    want = sum(1 for t in produced["truth"] if t["partition"] == f"dt={day(1)}" and t["outcome"] == "landed")
+    assert landed == want
+    assert {p for (n, p, _) in samples if n == "lakeforge_ingest_offset_lag"} == {"0", "1", "2"}
+
+
 def test_rerun_replaces_partition_with_identical_content(produced, settings):
     lake = Lake(settings)
-    day = _partitions()[1]
-    first = run(IngestConfig(pipeline=produced["pipeline"], partition=day), settings)
-    second = run(IngestConfig(pipeline=produced["pipeline"], partition=day), settings)
+    first = run(IngestConfig(pipeline=produced["pipeline"], partition=day(2)), settings)
+    second = run(IngestConfig(pipeline=produced["pipeline"], partition=day(2)), settings)
     assert [f.sha256 for f in first.files] == [f.sha256 for f in second.files]
+    assert [f.sha256 for f in first.quarantine_files] == [f.sha256 for f in second.quarantine_files]
     assert first.kafka_offsets == second.kafka_offsets
-    published = lake.read_manifest("raw", produced["name"], Partition.parse(day))
+    assert second.stats["late_rows"] == 0
+    published = lake.read_manifest("raw", produced["name"], Partition.parse(day(2)))
     assert published.run_id == second.run_id
     # the superseded run's files are gone; only the published run's remain
-    prefix = lake.partition_key("raw", produced["name"], Partition.parse(day))
+    prefix = lake.partition_key("raw", produced["name"], Partition.parse(day(2)))
     keys = [o["Key"] for o in lake.s3.list_objects_v2(Bucket=lake.bucket, Prefix=prefix).get("Contents", [])]
     assert all(f"run={second.run_id}/" in k or k.endswith("_MANIFEST.json") for k in keys), keys
 
 
 def test_quarantine_keeps_raw_bytes_and_reason(produced, settings):
-    import pyarrow.parquet as pq
-
     lake = Lake(settings)
-    day = _partitions()[0]
-    m = lake.read_manifest("raw", produced["name"], Partition.parse(day))
+    m = run(IngestConfig(pipeline=produced["pipeline"], partition=day(3)), settings)
     assert m.quarantine_files, "faults were injected, quarantine must not be empty"
     q = pq.read_table(lake.arrow_path(m.quarantine_files[0].path), filesystem=lake.fs).to_pylist()
-    by_reason = {r["reason"]: r for r in q}
-    assert set(by_reason) <= {"malformed_json", "invalid_utf8", "missing_field", "wrong_type", "oversize"}
-    if "invalid_utf8" in by_reason:
-        with pytest.raises(UnicodeDecodeError):
-            by_reason["invalid_utf8"]["raw"].decode("utf-8")
-    assert all(r["kafka_offset"] >= 0 and r["detail"] for r in q)
+    sent = {t["sha256"]: t for t in produced["truth"]}
+    import hashlib
+
+    for r in q:  # every quarantined row is byte-for-byte a record the producer sent, with its fault as reason
+        t = sent[hashlib.sha256(r["raw"]).hexdigest()]
+        assert r["reason"] == t["fault"] and r["detail"] and r["kafka_offset"] >= 0
+    assert lake.key_of(m.quarantine_files[0].path).startswith(f"quarantine/{produced['name']}/dt={day(3)}/")
 
 
-def test_manual_run_without_partition_is_a_clear_error():
-    from lakeforge.errors import ConfigError
+def test_incomplete_partition_waits_unless_forced(produced, settings):
+    """END's own day: the stream has not passed its end + lateness, so landing refuses; force lands it."""
+    last = END.strftime("%Y-%m-%d")
+    with pytest.raises(PartitionIncompleteError, match="allowed lateness"):
+        run(IngestConfig(pipeline=produced["pipeline"], partition=last), settings)
+    m = run(IngestConfig(pipeline=produced["pipeline"], partition=last, force=True), settings)
+    assert m.rows == sum(1 for t in produced["after"] if t["partition"] == f"dt={last}") and m.stats["forced"]
 
-    now = datetime(2026, 11, 23, tzinfo=timezone.utc)
-    with pytest.raises(ConfigError, match="partition"):
-        Partition.from_interval(now, now, None)
+
+def test_concurrent_run_for_the_same_partition_fails_clearly(produced, settings):
+    from lakeforge.locks import partition_lock
+
+    lake = Lake(settings)
+    before = lake.read_manifest("raw", produced["name"], Partition.parse(day(1)))
+    key = lake.partition_key("raw", produced["name"], Partition.parse(day(1)))
+    with partition_lock(settings, key, "manual__holder-run"):
+        with pytest.raises(ConcurrentRunError, match="manual__holder-run"):
+            run(IngestConfig(pipeline=produced["pipeline"], partition=day(1)), settings)
+    assert lake.read_manifest("raw", produced["name"], Partition.parse(day(1))).run_id == before.run_id
+    # the lock is released with its holder: the next run goes through
+    assert run(IngestConfig(pipeline=produced["pipeline"], partition=day(1)), settings).rows == before.rows
+
+
+def test_late_records_are_counted_and_relanded(services, settings, tmp_path):
+    """Records of an already landed day that reach Kafka afterwards are reported, then re-landed exactly once."""
+    path, name = private_pipeline(tmp_path, "late")
+    zero = FaultRates(**{k: 0 for k in FaultRates.model_fields})
+    produce(ProduceConfig(pipeline=path, records=300, days=3, end=END, seed=21, faults=zero,
+                          truth_path=tmp_path / "ontime.jsonl"), settings)
+    first = run(IngestConfig(pipeline=path, partition=day(3)), settings)
+    # 25 more events stamped inside day(3), sent after it was landed
+    produce(ProduceConfig(pipeline=path, records=25, days=1, end=END - timedelta(days=2), seed=22, faults=zero,
+                          truth_path=tmp_path / "late.jsonl"), settings)
+    late = read_truth(tmp_path / "late.jsonl")
+    assert {t["partition"] for t in late} == {f"dt={day(3)}"}
+    nxt = run(IngestConfig(pipeline=path, partition=day(2)), settings)
+    assert nxt.stats["late_partitions"] == {f"dt={day(3)}": 25}
+    day2_ids = set(Lake(settings).read_table(nxt, columns=["id"]).column("id").to_pylist())
+    assert not day2_ids & {t["id"] for t in late}  # late rows belong to their own day, not the reading one
+    relanded = run(IngestConfig(pipeline=path, partition=day(3)), settings)
+    assert relanded.stats["late_rows"] == 25 and relanded.rows == first.rows + 25
+    ontime = [t["id"] for t in read_truth(tmp_path / "ontime.jsonl") if t["partition"] == f"dt={day(3)}"]
+    ids = Lake(settings).read_table(relanded, columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(ontime + [t["id"] for t in late])
+    assert len(ids) == len(set(ids))
+    # nothing late is left for the next landing to report
+    assert run(IngestConfig(pipeline=path, partition=day(2)), settings).stats["late_partitions"] == {}
+
+
+def test_kill_9_mid_partition_then_rerun_publishes_exactly_the_truth(services, settings, tmp_path):
+    lake = Lake(settings)
+    path, name = private_pipeline(tmp_path, "kill", rows_per_file=2000, row_group_rows=1000)
+    faults = FAULTS.model_copy(update={"oversize": 0.0})  # keep the topic small
+    produce(ProduceConfig(pipeline=path, records=40_000, days=1, end=END, seed=31, faults=faults,
+                          truth_path=tmp_path / "truth.jsonl"), settings)
+    d = day(1)
+    part = Partition.parse(d)
+    env = {**os.environ, "LAKEFORGE_HOME": str(settings.home)}
+    proc = subprocess.Popen([sys.executable, "-m", "lakeforge.cli", "ingest", "--pipeline", path, "--partition", d,
+                             "--force", "--run-id", "killed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run_prefix = lake.run_key("raw", name, part, "killed") + "/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        listed = lake.s3.list_objects_v2(Bucket=lake.bucket, Prefix=run_prefix).get("KeyCount", 0)
+        if listed >= 2:  # mid-partition: some files written, more to come
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"ingest finished before it could be killed: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    from lakeforge.errors import ManifestError
+
+    with pytest.raises(ManifestError):  # nothing half-published
+        lake.read_manifest("raw", name, part)
+    m = run(IngestConfig(pipeline=path, partition=d, force=True), settings)
+    truth = read_truth(tmp_path / "truth.jsonl")
+    want = sorted(t["id"] for t in truth if t["partition"] == f"dt={d}" and t["outcome"] == "landed")
+    assert sorted(lake.read_table(m, columns=["id"]).column("id").to_pylist()) == want
+    assert len(m.files) > 2  # rolled into several files, all listed
+    # the killed run's orphans were removed by the publish
+    assert lake.s3.list_objects_v2(Bucket=lake.bucket, Prefix=run_prefix).get("KeyCount", 0) == 0
+
+
+def test_broker_unavailable_retries_then_fails_clearly(services, settings, tmp_path):
+    import socket
+
+    path, name = private_pipeline(tmp_path, "nobroker", connect_retries=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"  # closed once the block ends
+    dead_settings = settings.model_copy(update={"kafka_bootstrap": dead})
+    t0 = time.monotonic()
+    with pytest.raises(SourceUnavailableError, match="unreachable after 2 attempts"):
+        run(IngestConfig(pipeline=path, partition=day(1), force=True), dead_settings)
+    assert time.monotonic() - t0 < 60
+    lake = Lake(settings)
+    prefix = lake.partition_key("raw", name, Partition.parse(day(1)))
+    assert lake.s3.list_objects_v2(Bucket=lake.bucket, Prefix=prefix).get("KeyCount", 0) == 0
+
+
+def test_s3_unavailable_publishes_nothing(produced, settings):
+    import socket
+
+    lake = Lake(settings)
+    before = lake.read_manifest("raw", produced["name"], Partition.parse(day(2)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(Exception):
+        run(IngestConfig(pipeline=produced["pipeline"], partition=day(2)),
+            settings.model_copy(update={"s3_endpoint": dead}))
+    assert lake.read_manifest("raw", produced["name"], Partition.parse(day(2))) == before
+
+
+def test_timestamp_skew_beyond_the_bound_fails_instead_of_missing_records(services, settings, tmp_path):
+    """Events whose Kafka timestamp is hours before their event time could sit before the start offset."""
+    from confluent_kafka import Producer
+
+    from lakeforge.services.kafka import create_topic
+
+    path, name = private_pipeline(tmp_path, "skew", max_timestamp_skew_s=600)
+    topic = yaml.safe_load(Path(path).read_text())["topic"]
+    create_topic(settings.kafka_bootstrap, topic, 1)
+    p = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    t = END - timedelta(hours=12)
+    for i in range(5):
+        ev = {"id": f"s{i}", "text": "fine film", "label": 1, "event_time": t.isoformat()}
+        p.produce(topic, json.dumps(ev).encode(), timestamp=int((t - timedelta(hours=2)).timestamp() * 1000))
+    p.flush(30)
+    with pytest.raises(TimestampSkewError, match="max_timestamp_skew_s"):
+        run(IngestConfig(pipeline=path, partition=day(1), force=True), settings)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lakeforge.config import REPO_ROOT, all_pipelines
+from lakeforge.config import REPO_ROOT, PipelineConfig, all_pipelines
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,20 @@ def test_parse_is_fast(dagbag):
 def test_one_dag_per_pipeline(dagbag, pipeline):
     dag = dagbag.dags.get(pipeline)
     assert dag is not None
-    assert [t.task_id for t in dag.topological_sort()] == [
-        "land_events", "curate_partition", "build_features", "train_model", "promote_model"]
-    assert dag.get_task("train_model").pool == "gpu"
-    assert "partition" in dag.params and dag.doc_md and "Backfill" in dag.doc_md
+    stage_tasks = {"land": ["land_events"], "curate": ["curate_partition"], "features": ["build_features"],
+                   "train": ["train_model", "promote_model"]}
+    main = [t for s in PipelineConfig.load(pipeline).stages for t in stage_tasks[s]]
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order[0] == "wait_for_partition" and [t for t in order if t in sum(stage_tasks.values(), [])] == main
+    # the re-land of late partitions hangs off the landing, and blocks nothing downstream
+    assert dag.get_task("late_partitions").upstream_task_ids == {"land_events"}
+    assert dag.get_task("reland_late").upstream_task_ids == {"late_partitions"}
+    assert dag.get_task("reland_late").downstream_task_ids == set()
+    sensor = dag.get_task("wait_for_partition")
+    assert sensor.mode == "reschedule" and sensor.timeout > 0
+    if "train" in PipelineConfig.load(pipeline).stages:
+        assert dag.get_task("train_model").pool == "gpu"
+    assert {"partition", "force_complete"} <= set(dag.params) and dag.doc_md and "Backfill" in dag.doc_md
     assert dag.max_active_runs == 1 and not dag.catchup
     for t in dag.tasks:
         assert t.retries >= 1, f"{t.task_id} must retry transient failures"
