@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lakeforge.errors import ConfigError, MissingSecretError
@@ -165,6 +165,7 @@ class IngestSpec(BaseModel):
     row_group_rows: int = 65_536  # rows per Parquet row group
     max_record_bytes: int = 1 << 20  # larger records are quarantined as oversize
     connect_retries: int = 5  # attempts to reach the broker before failing (exponential backoff)
+    max_parallel_partitions: int = 8  # topic-partitions read at once (memory: one row group buffer each)
 
 
 class ModelSpec(BaseModel):
@@ -205,6 +206,15 @@ class PipelineConfig(BaseModel):
         if abs(sum(v.values()) - 1.0) > 1e-6 or set(v) != {"train", "validation", "test"}:
             raise ValueError(f"split must have train/validation/test summing to 1, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _event_time_is_a_required_timestamp(self) -> "PipelineConfig":
+        if self.ingest.time_source == "field":
+            spec = next((f for f in self.fields if f.name == self.event_time_field), None)
+            if spec is None or spec.type != "timestamp" or not spec.required:
+                raise ValueError(f"event_time_field {self.event_time_field!r} must be a required timestamp field of "
+                                 f"the schema (ingest assigns partitions by it), got {spec}")
+        return self
 
     @field_validator("stages")
     @classmethod
