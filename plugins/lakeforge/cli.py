@@ -101,7 +101,7 @@ def env() -> None:
         print(f"export {k}='{v}'")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def airflow(ctx: typer.Context) -> None:
     """Run the airflow CLI against lakeforge's Airflow, e.g. `lakeforge airflow backfill create --dag-id …`."""
     import os

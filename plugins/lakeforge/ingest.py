@@ -62,7 +62,7 @@ from pydantic import BaseModel
 
 from lakeforge.config import FieldSpec, IngestSpec, Partition, PipelineConfig, Settings
 from lakeforge.errors import ManifestError, PartitionIncompleteError, SourceUnavailableError, TimestampSkewError
-from lakeforge.lake import FileEntry, Lake, Manifest, new_run_id
+from lakeforge.lake import FileEntry, Lake, Manifest, new_run_id, path_safe
 
 log = logging.getLogger(__name__)
 
@@ -717,7 +717,8 @@ def run(config: IngestConfig, settings: Settings | None = None,
     pipeline = PipelineConfig.load(config.pipeline)
     partition = Partition.parse(config.partition, pipeline.partition)
     lake = Lake(settings)
-    run_id = config.run_id or new_run_id()
+    # the Airflow run id, made path-safe: a retry of the same run writes under the same prefix
+    run_id = path_safe(config.run_id) if config.run_id else new_run_id()
     with partition_lock(settings, lake.partition_key("raw", pipeline.name, partition), run_id):
         return _land(config, settings, pipeline, partition, lake, run_id, progress or (lambda s: log.info("%s", s)))
 

@@ -64,10 +64,15 @@ class Manifest(BaseModel):
     stats: dict[str, Any] = Field(default_factory=dict)  # stage-specific figures
 
 
+def path_safe(value: str, limit: int = 120) -> str:
+    """``value`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``: an
+    Airflow run id (``backfill__2026-11-14T00:00:00+00:00``) as a key part no S3 tool misreads."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)[:limit]
+
+
 def new_run_id(hint: str | None = None) -> str:
     """A path-safe run id: the Airflow run id when there is one, plus a short random suffix."""
-    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in (hint or "manual"))[:80]
-    return f"{base}-{uuid.uuid4().hex[:8]}"
+    return f"{path_safe(hint or 'manual', 80)}-{uuid.uuid4().hex[:8]}"
 
 
 class Lake:
