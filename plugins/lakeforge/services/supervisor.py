@@ -212,12 +212,22 @@ class Supervisor:
                 "model-server": self.model_server}[name]()
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def up(self, progress=print) -> dict[str, str]:
-        """Start every service not yet healthy, in order; idempotent. Returns the endpoints."""
+    def up(self, progress=print, only: tuple[str, ...] | None = None) -> dict[str, str]:
+        """Start every service not yet healthy, in order; idempotent. Returns the endpoints.
+
+        Args:
+            only: start just these services (e.g. ``("postgres", "s3", "kafka")`` for the ingest
+                benchmark); they must not depend on one left out.
+        """
         from lakeforge.services.airflow_server import migrate
 
         t0 = time.monotonic()
+        unknown = set(only or ()) - set(self.service_names())
+        if unknown:
+            raise ServiceError(f"unknown services {sorted(unknown)}; known: {self.service_names()}")
         for name in self.service_names():
+            if only is not None and name not in only:
+                continue
             svc = self.service(name)
             if name == "airflow-api-server":
                 progress("  airflow: db migrate + pools")
