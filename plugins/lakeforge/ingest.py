@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import time
 from collections import deque
@@ -200,33 +201,38 @@ class BatchParser:
     def parse(self, values: list[bytes | None]) -> ParsedBatch:
         import pyarrow.compute as pc
 
-        decode, struct, limit = self.decode, self.struct, self.max_record_bytes
-        index: list[int] = []
         rows: list = []
+        index: list[int] = []
         rejected: list[tuple[int, RecordRejected]] = []
-        for i, value in enumerate(values):
+        n = len(values)
+        # The decoder runs over the batch in C (list.extend over map): Python code runs only at a
+        # value the decoder refuses, where extend stops with the rows before it already appended.
+        it = iter(values)
+        pos = 0
+        while pos < n:
+            before = len(rows)
             try:
-                if value is None or len(value) > limit:
-                    raise ValueError
-                rows.append(decode(value))
-            except Exception:  # malformed, wrong type, missing, bad UTF-8, ...: the reference decides
-                try:
-                    rows.append(struct(**parse_record(self.pipeline, value, limit)))
-                except RecordRejected as rej:
-                    rejected.append((i, rej))
-                    continue
-            index.append(i)
+                rows.extend(map(self.decode, it))
+                index.extend(range(pos, n))
+                break
+            except Exception:  # malformed, wrong type, missing, bad UTF-8, a tombstone: the reference decides
+                ok = len(rows) - before
+                index.extend(range(pos, pos + ok))
+                bad = pos + ok
+                pos = bad + 1
+                self._reference(values, bad, rows, index, rejected)
         table = pa.Table.from_arrays(
-            [pa.array([getattr(r, name) for r in rows], type=t) for name, t in self.fields],
+            [pa.array(col, type=t) for col, (_, t) in zip(self._columns(rows), self.fields)],
             names=[name for name, _ in self.fields])
-        too_big = None
+        # limits the decoder does not check: the record size and the strings' byte sizes
+        lens = pa.array([len(values[i]) for i in index], pa.int64()) if index else pa.array([], pa.int64())
+        too_big = pc.greater(lens, self.max_record_bytes)
         for name, max_bytes in self.sized:
-            over = pc.fill_null(pc.greater(pc.binary_length(table[name]), max_bytes), False)
-            too_big = over if too_big is None else pc.or_(too_big, over)
-        if too_big is not None and pc.any(too_big).as_py():
+            too_big = pc.or_(too_big, pc.fill_null(pc.greater(pc.binary_length(table[name]), max_bytes), False))
+        if index and pc.any(too_big).as_py():
             for k in pc.indices_nonzero(too_big).to_pylist():
                 try:
-                    parse_record(self.pipeline, values[index[k]], limit)
+                    parse_record(self.pipeline, values[index[k]], self.max_record_bytes)
                 except RecordRejected as rej:
                     rejected.append((index[k], rej))
             keep = pc.invert(too_big)
@@ -234,6 +240,20 @@ class BatchParser:
             index = [i for i, k in zip(index, keep.to_pylist()) if k]
             rejected.sort(key=lambda r: r[0])
         return ParsedBatch(index=index, table=table, rejected=rejected)
+
+    def _reference(self, values, i: int, rows: list, index: list[int], rejected: list) -> None:
+        """Parse value ``i`` with the reference parser: accept it (as the decoder's struct) or reject it."""
+        try:
+            row = parse_record(self.pipeline, values[i], self.max_record_bytes)
+        except RecordRejected as rej:
+            rejected.append((i, rej))
+            return
+        rows.append(self.struct(**row))
+        index.append(i)
+
+    def _columns(self, rows: list) -> list:
+        """Column lists of the rows' fields."""
+        return [list(map(operator.attrgetter(name), rows)) for name, _ in self.fields]
 
 
 class IngestConfig(BaseModel):
