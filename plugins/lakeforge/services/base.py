@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lakeforge.errors import ServiceError
+from lakeforge.errors import PortTakenError, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listeners(port: int) -> set[int] | None:
+    """Pids listening on TCP ``port`` (None when the system does not tell us)."""
+    import psutil
+
+    try:
+        return {c.pid for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
+    except (psutil.AccessDenied, PermissionError):
+        return None
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -98,6 +109,10 @@ class State:
         ports[name] = chosen
         self._write_json("ports.json", ports)
         return chosen
+
+    def forget_port(self, port: int) -> None:
+        """Drop every remembered choice of ``port`` (the next :meth:`port` call picks another)."""
+        self._write_json("ports.json", {k: v for k, v in self.ports.items() if v != port})
 
     @property
     def endpoints(self) -> dict:
@@ -208,16 +223,54 @@ class ProcessService:
                     f"{tail(self.log_path)}"
                 )
             try:
-                if self.healthy():
-                    log.info("%s is up: %s", self.name, self.endpoint())
-                    return
+                ok = self.healthy()
             except Exception as exc:  # health probes may raise while the server boots
                 log.debug("%s not healthy yet: %s", self.name, exc)
+                ok = False
+            if ok:
+                self.check_port_is_ours(proc)
+                log.info("%s is up: %s", self.name, self.endpoint())
+                return
             time.sleep(0.5)
         raise ServiceError(
             f"{self.name} did not become healthy within {self.start_timeout:.0f}s; log {self.log_path}:\n"
             f"{tail(self.log_path)}"
         )
+
+    def listen_port(self) -> int | None:
+        """The TCP port this service itself listens on (its health probe's), if any."""
+        return getattr(self, "port", None)
+
+    def check_port_is_ours(self, proc: subprocess.Popen | None) -> None:
+        """Raise :class:`PortTakenError` when our port answers from a process outside our tree.
+
+        A health probe only asks "does something answer there?": when another state dir's server
+        took the port between our choice and our bind, it answers for us while ours failed to bind.
+        """
+        import psutil
+
+        port = self.listen_port()
+        pid = proc.pid if proc is not None else self.pid()
+        if not port or pid is None:
+            return
+        pids = listeners(port)
+        if not pids:
+            return
+        try:
+            root = psutil.Process(pid)
+            ours = {pid} | {c.pid for c in root.children(recursive=True)}
+        except psutil.NoSuchProcess:
+            ours = set()
+        if pids & ours:
+            return
+        other = next(iter(pids))
+        try:
+            cmd = " ".join(psutil.Process(other).cmdline())[:160]
+        except psutil.Error:
+            cmd = "?"
+        if proc is not None:
+            stop_process_group(proc.pid, timeout=5)
+        raise PortTakenError(f"{self.name}: port {port} is served by pid {other} ({cmd}), not by ours", port)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, wait, then SIGKILL what is left."""

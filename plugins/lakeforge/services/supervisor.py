@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lakeforge.config import Settings, all_pipelines, default_home
-from lakeforge.errors import ServiceError
+from lakeforge.errors import PortTakenError, ServiceError
 from lakeforge.services.base import LoopbackHttp, ProcessService, State, http_ok, port_open, tail
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,14 @@ class Supervisor:
                 progress("  airflow: db migrate + pools")
                 migrate(self.state, self.airflow_env())
             t = time.monotonic()
-            svc.start()
+            try:
+                svc.start()
+            except PortTakenError as exc:
+                # another state dir's server took the port we had chosen: choose another, once
+                progress(f"  {name}: {exc}; choosing another port")
+                self.state.forget_port(exc.port)
+                svc = self.service(name)
+                svc.start()
             progress(f"  {name:<22} up  {svc.endpoint()}  ({time.monotonic() - t:.1f}s)")
         endpoints = {
             "kafka_bootstrap": self.kafka_bootstrap(),
