@@ -95,6 +95,9 @@ class AirflowClient:
     def backfills(self, dag_id: str) -> list[dict]:
         return self._req("GET", "/backfills", params={"dag_id": dag_id, "limit": 100})["backfills"]
 
+    def cancel_backfill(self, backfill_id: int) -> dict:
+        return self._req("PUT", f"/backfills/{backfill_id}/cancel")
+
     def wait_backfill(self, dag_id: str, backfill_id: int, timeout: float = 900,
                       check: Callable[[], None] | None = None) -> dict:
         """Wait until the scheduler has finished every run of a backfill (``completed_at`` is set)."""

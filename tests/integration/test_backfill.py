@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.integration
 DAG = "itest_backfill"
 END = datetime(2026, 11, 20, tzinfo=timezone.utc)
 DAYS = [(END - timedelta(days=d)).strftime("%Y-%m-%d") for d in range(7, 0, -1)]  # 2026-11-13 .. 2026-11-19
+LATE = 12  # events of the first day sent after the backfill (test_late_records_…)
 FAULTS = FaultRates(html=0.03, duplicate=0.03, near_duplicate=0.03, pii=0.03, empty=0.02, malformed_json=0.02,
                     invalid_utf8=0.02, missing_field=0.02, wrong_type=0.02, oversize=0.01)
 
@@ -56,7 +58,9 @@ def truth(services, settings, tmp_path_factory):
     if _topic_size(settings, pipeline.topic) == 0:
         produce(days, settings)
         produce(after, settings)
-    assert _topic_size(settings, pipeline.topic) == days.records + after.records, "topic holds foreign events"
+    # (a kept session's topic also holds the late events sent by the last test below)
+    assert _topic_size(settings, pipeline.topic) in (days.records + after.records, days.records + after.records + LATE), \
+        "topic holds foreign events"
     return [ev.truth for ev in iter_events(days, pipeline)]
 
 
@@ -78,6 +82,9 @@ def airflow(services, settings):
 
 def test_backfill_of_7_days_publishes_exactly_the_ground_truth(services, settings, truth, airflow):
     airflow.unpause(DAG)
+    for b in airflow.backfills(DAG):  # one left running by an interrupted earlier session would block ours
+        if not b.get("completed_at"):
+            airflow.cancel_backfill(b["id"])
     before = {b["id"] for b in airflow.backfills(DAG)}
     cmd = [sys.executable, "-m", "lakeforge.cli", "airflow", "backfill", "create", "--dag-id", DAG,
            "--from-date", DAYS[0], "--to-date", DAYS[-1], "--max-active-runs", "7", "--reprocess-behavior", "completed"]
@@ -119,3 +126,41 @@ def test_backfill_asset_events_carry_the_landing_figures(services, settings, air
     assert extra["partition"].startswith("dt=2026-11-1") and extra["rows"] > 0
     assert set(extra["topic_partitions"]) == {"0", "1", "2"}
     assert "quarantined" in extra and "late_partitions" in extra
+
+
+def test_late_records_are_relanded_by_a_triggered_run(services, settings, truth, airflow):
+    """Events of the first day sent after the backfill: the next landing reports them, its `reland_late`
+    task triggers a run for that day, and the re-landed partition holds them exactly once."""
+    lake = Lake(settings)
+    first = Partition.parse(DAYS[0])
+    before = lake.read_manifest("raw", DAG, first)
+    late_cfg = ProduceConfig(pipeline=DAG, records=LATE, days=1, end=first.end, seed=43, faults=FaultRates.none(),
+                             write_truth=False)
+    late = [ev.truth for ev in iter_events(late_cfg, PipelineConfig.load(DAG))]
+    assert {t["partition"] for t in late} == {f"dt={DAYS[0]}"}
+    if before.rows == sum(1 for t in truth if t["partition"] == f"dt={DAYS[0]}" and t["outcome"] == "landed"):
+        produce(late_cfg, settings)  # once per state dir (a kept session re-lands what it sent before)
+    # the scheduled run that unpausing started holds the DAG's single active-run slot: end it
+    for r in airflow.runs(DAG):
+        if r["run_type"] == "scheduled" and r["state"] not in ("success", "failed"):
+            airflow.set_run_state(DAG, r["dag_run_id"], "failed")
+    run = airflow.trigger(DAG, {"partition": DAYS[-1], "force_complete": True})
+    assert airflow.wait_run(DAG, run["dag_run_id"], timeout=300, check=services.check_alive) == "success"
+    states = airflow.task_states(DAG, run["dag_run_id"])
+    assert states["reland_late"] == "success", states
+
+    def relanded():
+        return [r for r in airflow.runs(DAG) if r["run_type"] == "manual" and (r.get("conf") or {}).get("partition")
+                == DAYS[0] and r["dag_run_id"] != run["dag_run_id"]]
+
+    deadline = time.monotonic() + 60
+    while not relanded() and time.monotonic() < deadline:
+        time.sleep(2)
+    (child,) = relanded()[:1] or [None]
+    assert child is not None, "reland_late triggered no run for the late partition"
+    assert airflow.wait_run(DAG, child["dag_run_id"], timeout=300, check=services.check_alive) == "success"
+    after = lake.read_manifest("raw", DAG, first)
+    ids = lake.read_table(after, columns=["id"]).column("id").to_pylist()
+    want = {t["id"] for t in truth if t["partition"] == f"dt={DAYS[0]}" and t["outcome"] == "landed"}
+    assert set(ids) == want | {t["id"] for t in late} and len(ids) == len(set(ids))
+    assert after.run_id != before.run_id and after.stats["forced"]
