@@ -172,6 +172,7 @@ class ParsedBatch:
     index: list[int]  # positions (in the batch) of the accepted values, ascending
     table: pa.Table  # the accepted values' event fields, one row per entry of ``index``
     rejected: list[tuple[int, RecordRejected]]  # (position, why), ascending
+    sizes: pa.Array  # byte size of each accepted value
 
 
 class BatchParser:
@@ -237,9 +238,10 @@ class BatchParser:
                     rejected.append((index[k], rej))
             keep = pc.invert(too_big)
             table = table.filter(keep)
+            lens = lens.filter(keep)
             index = [i for i, k in zip(index, keep.to_pylist()) if k]
             rejected.sort(key=lambda r: r[0])
-        return ParsedBatch(index=index, table=table, rejected=rejected)
+        return ParsedBatch(index=index, table=table, rejected=rejected, sizes=lens)
 
     def _reference(self, values, i: int, rows: list, index: list[int], rejected: list) -> None:
         """Parse value ``i`` with the reference parser: accept it (as the decoder's struct) or reject it."""
@@ -496,6 +498,10 @@ def explain_completeness(done: dict[int, bool], pipeline: PipelineConfig, partit
     return True, f"every partition of {pipeline.topic} has passed {mark:%Y-%m-%d %H:%M} UTC"
 
 
+_error = operator.methodcaller("error")
+_partition = operator.methodcaller("partition")
+
+
 def read_partitions(consumer, topic: str, ranges: dict[int, tuple[int, int]], poll_timeout_s: float,
                     stall_timeout_s: float) -> Iterator[tuple[int, list]]:
     """``(topic-partition, messages)`` batches from ``[first, end)`` of every topic-partition of ``ranges``.
@@ -520,14 +526,19 @@ def read_partitions(consumer, topic: str, ranges: dict[int, tuple[int, int]], po
         last_progress = time.monotonic()
         while nxt:
             msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=poll_timeout_s)
-            by_tp: dict[int, list] = {}
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(err)
-                by_tp.setdefault(m.partition(), []).append(m)
+            if any(map(_error, msgs)):  # rare: checked in C first, handled in Python
+                for m in msgs:
+                    err = m.error()
+                    if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(err)
+                msgs = [m for m in msgs if m.error() is None]
+            parts = list(map(_partition, msgs))
+            if parts and parts.count(parts[0]) == len(parts):  # usual: librdkafka hands over one message set
+                by_tp = {parts[0]: msgs}
+            else:
+                by_tp = {}
+                for p, m in zip(parts, msgs):
+                    by_tp.setdefault(p, []).append(m)
             for p, batch in by_tp.items():
                 if p not in nxt:  # prefetched before the pause
                     continue
@@ -660,9 +671,8 @@ class _TpLanding:
             self.data.add(pa.Table.from_arrays(cols, schema=r.schema))
             st = self.stats
             st.landed += n
-            st.bytes += pc.sum(pc.take(pa.array([len(values[i]) for i in batch.index], pa.int64()),
-                                       pc.indices_nonzero(inside))).as_py()
-            st.max_ts_ms = max(st.max_ts_ms, pc.max(pc.take(ts, pc.indices_nonzero(inside))).as_py())
+            st.bytes += pc.sum(batch.sizes.filter(inside)).as_py()
+            st.max_ts_ms = max(st.max_ts_ms, pc.max(ts.filter(inside)).as_py())
             if self.seen_before is not None:
                 r.late_rows += pc.sum(pc.greater_equal(l_offs, self.seen_before)).as_py() or 0
         n_out = len(batch.index) - n_in
