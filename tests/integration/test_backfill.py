@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 DAG = "itest_backfill"
 END = datetime(2026, 11, 20, tzinfo=timezone.utc)
 DAYS = [(END - timedelta(days=d)).strftime("%Y-%m-%d") for d in range(7, 0, -1)]  # 2026-11-13 .. 2026-11-19
+RECORDS, AFTER = 1400, 40  # events over the 7 days, and on the day after them (so all 7 are complete)
 LATE = 12  # events of the first day sent after the backfill (test_late_records_…)
 FAULTS = FaultRates(html=0.03, duplicate=0.03, near_duplicate=0.03, pii=0.03, empty=0.02, malformed_json=0.02,
                     invalid_utf8=0.02, missing_field=0.02, wrong_type=0.02, oversize=0.01)
@@ -51,17 +52,34 @@ def truth(services, settings, tmp_path_factory):
     """The 7 days' ground truth. Produced once per state dir: a kept test session reuses the topic
     (the events are a pure function of the seed, so the truth is recomputed without sending)."""
     pipeline = PipelineConfig.load(DAG)
-    days = ProduceConfig(pipeline=DAG, records=1400, days=7, end=END, seed=41, faults=FAULTS,
+    days = ProduceConfig(pipeline=DAG, records=RECORDS, days=7, end=END, seed=41, faults=FAULTS,
                          truth_path=tmp_path_factory.mktemp("backfill") / "truth.jsonl")
-    after = ProduceConfig(pipeline=DAG, records=40, days=1, end=END + timedelta(days=1), seed=42,
+    after = ProduceConfig(pipeline=DAG, records=AFTER, days=1, end=END + timedelta(days=1), seed=42,
                           faults=FaultRates.none(), write_truth=False)
     if _topic_size(settings, pipeline.topic) == 0:
         produce(days, settings)
         produce(after, settings)
-    # (a kept session's topic also holds the late events sent by the last test below)
-    assert _topic_size(settings, pipeline.topic) in (days.records + after.records, days.records + after.records + LATE), \
-        "topic holds foreign events"
-    return [ev.truth for ev in iter_events(days, pipeline)]
+    # a kept session's topic also holds the late events that earlier runs of the last test sent
+    sent = late_batches(_topic_size(settings, pipeline.topic))
+    return [ev.truth for ev in iter_events(days, pipeline)] + [t for k in range(sent) for t in late_events(k)]
+
+
+def late_batches(size: int) -> int:
+    """How many batches of late events the topic holds."""
+    k, rest = divmod(size - RECORDS - AFTER, LATE)
+    assert k >= 0 and rest == 0, f"the topic holds {size} events: foreign ones"
+    return k
+
+
+def late_config(k: int) -> ProduceConfig:
+    """The ``k``-th batch of events of the first day sent after it was landed."""
+    first = Partition.parse(DAYS[0])
+    return ProduceConfig(pipeline=DAG, records=LATE, days=1, end=first.end, seed=43 + k, faults=FaultRates.none(),
+                         write_truth=False)
+
+
+def late_events(k: int) -> list[dict]:
+    return [ev.truth for ev in iter_events(late_config(k), PipelineConfig.load(DAG))]
 
 
 @pytest.fixture(scope="module")
@@ -134,24 +152,24 @@ def test_late_records_are_relanded_by_a_triggered_run(services, settings, truth,
     lake = Lake(settings)
     first = Partition.parse(DAYS[0])
     before = lake.read_manifest("raw", DAG, first)
-    late_cfg = ProduceConfig(pipeline=DAG, records=LATE, days=1, end=first.end, seed=43, faults=FaultRates.none(),
-                             write_truth=False)
-    late = [ev.truth for ev in iter_events(late_cfg, PipelineConfig.load(DAG))]
+    k = late_batches(_topic_size(settings, PipelineConfig.load(DAG).topic))
+    late = late_events(k)
     assert {t["partition"] for t in late} == {f"dt={DAYS[0]}"}
-    if before.rows == sum(1 for t in truth if t["partition"] == f"dt={DAYS[0]}" and t["outcome"] == "landed"):
-        produce(late_cfg, settings)  # once per state dir (a kept session re-lands what it sent before)
-    # the scheduled run that unpausing started holds the DAG's single active-run slot: end it
+    produce(late_config(k), settings)
+    airflow.unpause(DAG)
+    # the scheduled run that unpausing started (or any left by an interrupted session) holds the DAG's
+    # single active-run slot: end it
     for r in airflow.runs(DAG):
-        if r["run_type"] == "scheduled" and r["state"] not in ("success", "failed"):
+        if r["run_type"] != "backfill" and r["state"] not in ("success", "failed"):
             airflow.set_run_state(DAG, r["dag_run_id"], "failed")
     run = airflow.trigger(DAG, {"partition": DAYS[-1], "force_complete": True})
     assert airflow.wait_run(DAG, run["dag_run_id"], timeout=300, check=services.check_alive) == "success"
     states = airflow.task_states(DAG, run["dag_run_id"])
     assert states["reland_late"] == "success", states
 
-    def relanded():
-        return [r for r in airflow.runs(DAG) if r["run_type"] == "manual" and (r.get("conf") or {}).get("partition")
-                == DAYS[0] and r["dag_run_id"] != run["dag_run_id"]]
+    def relanded():  # runs that reland_late triggered after ours (not those of an earlier session)
+        return [r for r in airflow.runs(DAG) if r["run_type"] == "operator_triggered"
+                and (r.get("conf") or {}).get("partition") == f"dt={DAYS[0]}" and r["queued_at"] > run["queued_at"]]
 
     deadline = time.monotonic() + 60
     while not relanded() and time.monotonic() < deadline:
@@ -161,6 +179,7 @@ def test_late_records_are_relanded_by_a_triggered_run(services, settings, truth,
     assert airflow.wait_run(DAG, child["dag_run_id"], timeout=300, check=services.check_alive) == "success"
     after = lake.read_manifest("raw", DAG, first)
     ids = lake.read_table(after, columns=["id"]).column("id").to_pylist()
-    want = {t["id"] for t in truth if t["partition"] == f"dt={DAYS[0]}" and t["outcome"] == "landed"}
-    assert set(ids) == want | {t["id"] for t in late} and len(ids) == len(set(ids))
+    want = {t["id"] for t in truth + late if t["partition"] == f"dt={DAYS[0]}" and t["outcome"] == "landed"}
+    assert set(ids) == want and len(ids) == len(set(ids))
+    assert after.stats["late_rows"] == LATE
     assert after.run_id != before.run_id and after.stats["forced"]

@@ -161,3 +161,11 @@ def test_forget_port_lets_the_next_choice_differ(tmp_path):
     first = state.port("mlflow", 5000)
     state.forget_port(first)
     assert "mlflow" not in state.ports
+
+
+def test_chosen_ports_stay_out_of_the_ephemeral_range():
+    from lakeforge.services.base import _ephemeral_range, free_port
+
+    low, high = _ephemeral_range()
+    for _ in range(20):
+        assert not low <= free_port() <= high

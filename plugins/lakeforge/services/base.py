@@ -36,9 +36,34 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     return not port_free(port, host)
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A port the kernel says is free now (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port that is free now and outside the kernel's ephemeral range.
+
+    Not ``bind(0)``: that hands out an ephemeral port, which any outgoing connection may take as
+    its local port later; a server restarted on it then fails to bind while such a connection
+    lingers in TIME_WAIT (seen with Kafka here).
+    """
+    import random
+
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(15000, 32768) if not low <= p <= high] or list(range(10000, 15000))
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port_free(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # everything taken: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
