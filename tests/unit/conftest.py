@@ -111,3 +111,23 @@ def publish_raw(local_lake):
         return part
 
     return _publish
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path):
+    """``tiny_pipeline(**overrides)``: path of a copy of pipelines/movie_reviews.yaml (same name, so
+    ``publish_raw`` feeds it) with the quality gate opened for tiny inline partitions and the given
+    top-level keys replaced."""
+    import yaml
+
+    from lakeforge.config import PIPELINES_DIR
+
+    def make(**overrides):
+        spec = yaml.safe_load((PIPELINES_DIR / "movie_reviews.yaml").read_text())
+        spec["quality_gate"] = {"min_rows": 0}
+        spec.update(overrides)
+        path = tmp_path / f"movie_reviews-{len(list(tmp_path.glob('movie_reviews-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return str(path)
+
+    return make

@@ -50,7 +50,8 @@ def check_rows_read(manifest: Manifest, rows_read: int) -> None:
         )
 
 
-def write_sorted_parquet(df: "DataFrame", uri: str, rows: int, rows_per_file: int) -> None:
+def write_sorted_parquet(df: "DataFrame", uri: str, rows: int, rows_per_file: int,
+                         row_group_bytes: int | None = None) -> None:
     """Write ``df`` as zstd Parquet under ``uri``: the same rows in the same files and order on reruns.
 
     (The bytes match too within one JVM; across JVMs parquet-mr may list a column chunk's
@@ -58,21 +59,26 @@ def write_sorted_parquet(df: "DataFrame", uri: str, rows: int, rows_per_file: in
 
     One file when ``rows <= rows_per_file`` (globally sorted by id), else ``ceil(rows /
     rows_per_file)`` files hash-partitioned on id; every file is sorted by id, then by the other
-    columns so duplicate ids still come out in a fixed order.
+    columns so duplicate ids still come out in a fixed order. ``row_group_bytes`` sets the Parquet
+    row-group size (default parquet-mr's 128 MiB).
     """
     files = max(1, math.ceil(rows / rows_per_file))
     # hash partitioning (not range) so file contents never depend on sampling
     parts = df.repartition(1) if files == 1 else df.repartition(files, "id")
     sortable = [f.name for f in df.schema.fields if f.dataType.typeName() not in ("array", "map", "struct", "binary")]
     order = ["id"] + [c for c in sortable if c != "id"]
-    parts.sortWithinPartitions(*order).write.mode("overwrite").option("compression", "zstd").parquet(uri)
+    writer = parts.sortWithinPartitions(*order).write.mode("overwrite").option("compression", "zstd")
+    if row_group_bytes:
+        writer = writer.option("parquet.block.size", str(row_group_bytes))
+    writer.parquet(uri)
 
 
-def write_files(lake: Lake, df: "DataFrame", rows: int, key: str, rows_per_file: int) -> list[FileEntry]:
+def write_files(lake: Lake, df: "DataFrame", rows: int, key: str, rows_per_file: int,
+                row_group_bytes: int | None = None) -> list[FileEntry]:
     """Write ``df`` under the prefix ``key`` and describe the files (sizes, checksums, rows)."""
     if rows == 0:
         return []
-    write_sorted_parquet(df, lake.uri(key, scheme="s3a"), rows, rows_per_file)
+    write_sorted_parquet(df, lake.uri(key, scheme="s3a"), rows, rows_per_file, row_group_bytes)
     files = [lake.describe_file(uri) for uri in lake.list_run_files(key)]
     written = sum(f.rows for f in files)
     if written != rows:
@@ -82,10 +88,10 @@ def write_files(lake: Lake, df: "DataFrame", rows: int, key: str, rows_per_file:
 
 def publish_frame(lake: Lake, df: "DataFrame", rows: int, *, layer: str, pipeline: PipelineConfig,
                   partition: Partition, run_id: str, rows_per_file: int, inputs: list[dict[str, str]],
-                  dropped: dict[str, int], stats: dict[str, Any]) -> Manifest:
+                  dropped: dict[str, int], stats: dict[str, Any], row_group_bytes: int | None = None) -> Manifest:
     """Write ``df`` under the run prefix, describe the files and publish the manifest (last)."""
     files = write_files(lake, df, rows, lake.run_key(layer, pipeline.name, partition, run_id),  # type: ignore[arg-type]
-                        rows_per_file)
+                        rows_per_file, row_group_bytes)
     manifest = Manifest(
         layer=layer, pipeline=pipeline.name, partition=partition.path,
         interval=(partition.start, partition.end), schema_version=pipeline.schema_version,
