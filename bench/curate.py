@@ -472,12 +472,19 @@ def main() -> None:
     print(f"corpus: {len(docs):,} docs, {input_mb:.1f} MB, slice {len(idx):,} docs, built in"
           f" {time.monotonic() - t0:.0f}s", flush=True)
 
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after each system, so a cut-short run still leaves what it measured
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
     def gb_per_core_hour(seconds, used):
         return input_mb / 1000 / (seconds * used / 3600)
 
     result: dict = {"input_mb": round(input_mb, 1), "cores": cores, "docs": len(docs), "threshold": THRESHOLD,
                     "eval_slice_docs": len(idx), "created_at": datetime.now(timezone.utc).isoformat(),
-                    "machine": f"{cores} cores, shared with other work"}
+                    "machine": f"{cores} cores, shared with other work",
+                    "load_average_at_start": os.getloadavg()[0]}
     lf = run_lakeforge(docs, cores)
     groups, qdrop = lakeforge_groups(lf, docs)
     scores = pair_scores(truth, groups, set(idx) - qdrop)
@@ -488,6 +495,8 @@ def main() -> None:
                   lakeforge_dropped=lf["dropped"])
     print(json.dumps({k: v for k, v in result.items() if k.startswith("lakeforge") or k.startswith("near")}), flush=True)
     print("dedup", json.dumps(lf["dedup"]), flush=True)
+    result["lakeforge_near_dedup"] = {k: v for k, v in lf["dedup"].get("near_dedup", {}).items() if k != "params"}
+    save()
     if "pandas" not in args.skip:
         pd_res = run_pandas(docs)
         s = pair_scores(truth, pd_res["groups"], set(idx) - pd_res["quality_dropped"])
@@ -495,6 +504,7 @@ def main() -> None:
                       pandas_gb_per_core_hour=round(gb_per_core_hour(pd_res["seconds"], 1), 3),
                       pandas_rows_out=pd_res["rows_out"], pandas_scores=s)
         print(json.dumps({k: v for k, v in result.items() if k.startswith("pandas")}), flush=True)
+        save()
     if "datatrove" not in args.skip:
         dt = run_datatrove(docs, cores)
         s = pair_scores(truth, dt["groups"], set(idx) - dt["quality_dropped"])
@@ -503,8 +513,7 @@ def main() -> None:
                       datatrove_rows_out=dt["rows_out"], datatrove_scores=s,
                       datatrove_near_dup_recall=round(s["recall"], 4), datatrove_near_dup_precision=round(s["precision"], 4))
         result["ratio_vs_datatrove"] = round(result["lakeforge_gb_per_core_hour"] / result["datatrove_gb_per_core_hour"], 2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save()
     print(json.dumps(result, indent=2))
 
 
