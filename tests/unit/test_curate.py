@@ -180,8 +180,8 @@ def test_bad_step_params(spec):
 
 
 RAW = [
-    ("r1", "A <b>great</b> film.<br /><br />Would watch again!"),
-    ("r0", "a great film.\n\nwould   watch again!"),  # duplicate of r1 once cleaned; smaller id wins
+    ("r1", "A <b>great</b> film.<br /><br />Would watch it again with friends!"),
+    ("r0", "a great film.\n\nwould   watch it again with friends!"),  # duplicate of r1 once cleaned; smaller id wins
     ("r2", "<p></p>"),
     ("r3", "too short"),
     ("r4", "x" * 20_001),
@@ -217,7 +217,7 @@ def test_curate_frame_counts_reasons_and_cleans(chain):
     # every rule of the chain is reported, zeros included
     assert {"near_duplicate", "too_few_stop_words", "duplicated_5grams"} <= set(chain.counts_by_reason)
     kept = {r["id"]: r for r in chain.kept.collect()}
-    assert kept["r0"]["text"] == "a great film.\n\nwould watch again!"
+    assert kept["r0"]["text"] == "a great film.\n\nwould watch it again with friends!"
     assert kept["r7"]["text"] == 'Another review of it, "quoted", long enough.'
     assert set(kept) == {"r0", "r5", "r7"}
     assert kept["r5"]["text_hash"] == hashlib.sha256(b"a perfectly fine review of a mediocre movie.").hexdigest()
@@ -276,8 +276,8 @@ def test_run_id_made_path_safe():
 # -- the job's round trip on a local lake (the S3 variant runs in tests/integration) --------------
 
 REVIEWS = [
-    {"id": "e1", "text": "An <i>excellent</i> movie,<br />truly moving.", "label": 1},
-    {"id": "e0", "text": "an excellent movie, truly moving.", "label": 1},
+    {"id": "e1", "text": "An <i>excellent</i> movie,<br />truly moving and sad.", "label": 1},
+    {"id": "e0", "text": "an excellent movie, truly moving and sad.", "label": 1},
     {"id": "e2", "text": "meh", "label": 0},
     {"id": "e3", "text": "Dull, slow and far too long for what it is.", "label": 0},
     {"id": "e4", "text": "", "label": 0},
@@ -299,7 +299,7 @@ def test_run_publishes_curated_partition(spark, local_lake, publish_raw, tiny_pi
     curated = spark.read.parquet(manifest.files[0].path)
     assert tuple(curated.columns) == CURATED_COLUMNS
     assert [(r["id"], r["text"]) for r in curated.collect()] == [
-        ("e0", "an excellent movie, truly moving."), ("e3", "Dull, slow and far too long for what it is.")]
+        ("e0", "an excellent movie, truly moving and sad."), ("e3", "Dull, slow and far too long for what it is.")]
     assert dict(curated.dtypes) == {"id": "string", "text": "string", "label": "bigint", "source": "string",
                                     "event_time": "timestamp", "text_hash": "string", "cluster_id": "string"}
 

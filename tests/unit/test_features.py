@@ -116,12 +116,18 @@ def test_tokenizer_ids_equal_autotokenizer(side):
 # -- the job's round trip on a local lake -------------------------------------------------------
 
 def test_run_publishes_features(spark, local_lake, publish_raw, tiny_pipeline):
-    reviews = [{"id": f"m{i:03d}", "text": f"Review {i}: {'great' if i % 2 else 'poor'} acting, fine plot.",
+    reviews = [{"id": f"m{i:03d}", "text": f"Review {i}: the {'great' if i % 2 else 'poor'} acting and a fine plot.",
                 "label": i % 2} for i in range(40)]
-    reviews += [{"id": "m900", "text": "Review 3: great acting, fine plot.", "label": 1},  # duplicate of m003
+    reviews += [{"id": "m900", "text": "Review 3: the great acting and a fine plot.", "label": 1},  # duplicate of m003
                 {"id": "m901", "text": "A review with a label the model does not know.", "label": 7}]
     part = publish_raw(reviews)
-    pipeline = tiny_pipeline()
+    import yaml
+
+    from lakeforge.config import PIPELINES_DIR
+
+    chain = [s for s in yaml.safe_load((PIPELINES_DIR / "movie_reviews.yaml").read_text())["curate"]
+             if s["name"] != "near_dedup"]  # the 40 templated reviews are near-duplicates of each other
+    pipeline = tiny_pipeline(curate=chain)
     run_curate(CurateConfig(pipeline=pipeline, partition="2026-11-23", run_id="c1"), lake=local_lake,
                spark=spark)
     manifest = run(FeaturesConfig(pipeline=pipeline, partition="2026-11-23", run_id="f1"),

@@ -79,7 +79,15 @@ class UnicodeNormalizer(BatchCleaner):
         self.form = form
 
     def clean_texts(self, text):
-        return pc.utf8_normalize(text, form=self.form)
+        # Not pc.utf8_normalize: pyarrow 25's does not recompose ("e" + U+0301 stays two code points
+        # under NFC/NFKC). Python's unicodedata does it right; ASCII-only texts are already normal.
+        import unicodedata
+
+        non_ascii = pc.fill_null(pc.match_substring_regex(text, r"[^\x00-\x7F]"), False)
+        if not pc.any(non_ascii).as_py():
+            return text
+        values = [unicodedata.normalize(self.form, t) for t in text.filter(non_ascii).to_pylist()]
+        return pc.replace_with_mask(text, non_ascii, pa.array(values, text.type))
 
 
 @register_step
