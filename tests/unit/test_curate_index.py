@@ -23,7 +23,9 @@ BASE = [
 
 
 def near(text):
-    return text.replace(" the ", " this ", 1) + " Really."
+    """A near-duplicate at Jaccard ~0.94 (one shingle more); a word swapped inside a 20-word text
+    would change five of its ~17 shingles, below the 0.75 threshold."""
+    return text + " Really."
 
 
 DAYS = {
