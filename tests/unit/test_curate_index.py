@@ -20,6 +20,7 @@ BASE = [
     "It is the kind of family film that respects its audience, and the young lead is a real discovery this year.",
     "I walked out halfway through: the pacing is glacial and the dialogue is the worst I have heard in a decade.",
 ]
+NEW = "A quiet, patient drama about two brothers that earns every one of its tears without ever asking for them."
 
 
 def near(text):
@@ -87,7 +88,7 @@ def test_rerun_gives_the_same_content_whatever_the_order(spark, local_lake, back
 def test_crash_before_publish_leaves_partition_and_index_old(spark, local_lake, backfill, publish_raw, monkeypatch):
     pipeline, m = backfill
     # day 1 gets a new text; the run crashes after writing its files, before the manifest
-    publish_raw([{"id": i, "text": t, "label": 1} for i, t in DAYS["2026-11-20"] + [("a9", BASE[4])]],
+    publish_raw([{"id": i, "text": t, "label": 1} for i, t in DAYS["2026-11-20"] + [("a9", NEW)]],
                 partition="2026-11-20")
 
     def crash(manifest):
@@ -112,9 +113,12 @@ def test_crash_before_publish_leaves_partition_and_index_old(spark, local_lake, 
                         Partition.parse("2026-11-22"), None)
     assert sorted(r["p_id"] for r in prior.exact.collect()) == ["a1", "a2", "a3", "a9", "b3"]
     assert sorted(p.name for p in (local_lake.root / "curated/movie_reviews/dt=2026-11-20").glob("run=*")) == ["run=fixed"]
-    # day 3's c3 (= a9 now) would be a duplicate: re-curating day 3 drops it
+    # the new index entry is used: a copy of a9 arriving in day 3 is dropped there
+    publish_raw([{"id": i, "text": t, "label": 1} for i, t in DAYS["2026-11-22"] + [("c9", NEW)]],
+                partition="2026-11-22")
     day3 = run(CurateConfig(pipeline=pipeline, partition="2026-11-22", run_id="again"), lake=local_lake, spark=spark)
-    assert ids(local_lake, day3) == ["c4"]
+    assert ids(local_lake, day3) == ["c3", "c4"]
+    assert day3.dropped["exact_duplicate_cross_partition"] == 2  # c2 = b3, c9 = a9
 
 
 def test_publish_refused_when_another_partition_changed_meanwhile(spark, local_lake, backfill, monkeypatch):
