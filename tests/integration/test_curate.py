@@ -109,7 +109,9 @@ def test_gate_failure_exits_3_through_spark_submit(settings, pipeline, tmp_path)
     strict = tmp_path / f"{name}.yaml"
     strict.write_text(yaml.safe_dump(spec))
     lake = Lake(settings)
-    publish_raw(lake, name, "2026-11-25", [("z1", BASE[3] + " Once more.")])
+    # a text unlike every other partition's (a near-duplicate of one would be dropped, leaving 0 rows)
+    publish_raw(lake, name, "2026-11-25", [("z1", "Nothing here resembles the other reviews: a documentary about "
+                                                  "bees, patiently shot, oddly moving, a little too long.")])
     kw = submit_kwargs(settings)
     args = [os.path.join(os.path.dirname(sys.executable), "spark-submit")]
     for key, value in kw["conf"].items():
