@@ -161,8 +161,10 @@ class IngestSpec(BaseModel):
     max_timestamp_skew_s: int = 3600  # how far a record's Kafka timestamp may precede its event time
     completeness_timeout_s: int = 6 * 3600  # the completeness wait fails after this long
     poke_interval_s: int = 60  # how often the completeness wait checks the topic
-    rows_per_file: int = 1_000_000  # a new Parquet file after this many rows
-    row_group_rows: int = 65_536  # rows per Parquet row group
+    rows_per_file: int = 1_000_000  # a Parquet file closes after the row group reaching this many rows …
+    file_bytes: int = 64 << 20  # … or this many (compressed) bytes; a file is encoded in memory: bounds memory
+    row_group_rows: int = 65_536  # most rows per Parquet row group
+    row_group_bytes: int = 32 << 20  # a row group closes once its records reach this many bytes (bounds memory)
     max_record_bytes: int = 1 << 20  # larger records are quarantined as oversize
     connect_retries: int = 5  # attempts to reach the broker before failing (exponential backoff)
     max_parallel_partitions: int = 8  # topic-partitions read at once (memory: one row group buffer each)
