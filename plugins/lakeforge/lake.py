@@ -5,6 +5,7 @@ Layout (inside the lake bucket)::
     <layer>/<pipeline>/dt=YYYY-MM-DD[/hour=HH]/_MANIFEST.json          the published partition
     <layer>/<pipeline>/dt=YYYY-MM-DD[/hour=HH]/run=<run_id>/part-*.parquet  files of one run
     quarantine/<pipeline>/dt=…/run=<run_id>/part-*.parquet              rejected records + reason
+    checkpoints/<pipeline>/dt=…/<run_key>/…                             a training run's checkpoints
 
 Publish protocol: a writer puts its files under its own ``run=<run_id>/`` prefix, then writes
 ``_MANIFEST.json`` (one atomic S3 PUT) listing them with sizes, checksums and row counts. Readers
@@ -30,7 +31,7 @@ from lakeforge.errors import ManifestError
 
 log = logging.getLogger(__name__)
 
-Layer = Literal["raw", "curated", "features", "quarantine", "reports"]
+Layer = Literal["raw", "curated", "features", "quarantine", "reports", "checkpoints"]
 MANIFEST_NAME = "_MANIFEST.json"
 
 
@@ -101,6 +102,10 @@ class Lake:
 
     def manifest_key(self, layer: Layer, pipeline: str, partition: Partition) -> str:
         return f"{self.partition_key(layer, pipeline, partition)}/{MANIFEST_NAME}"
+
+    def checkpoint_key(self, pipeline: str, partition: Partition, run_key: str) -> str:
+        """Prefix of one training run's checkpoints; ``run_key`` names the run (Airflow dag/run id)."""
+        return f"{self.partition_key('checkpoints', pipeline, partition)}/{run_key}"
 
     def uri(self, key: str, scheme: str = "s3") -> str:
         """``s3://bucket/key`` (or ``s3a://`` for Spark)."""
@@ -176,6 +181,16 @@ class Lake:
     def read_input(self, layer: Layer, pipeline: str, partition: Partition) -> tuple[Manifest, dict[str, str]]:
         """A manifest and its lineage ref ``{path, sha256}``, from one fetch (what a stage reads)."""
         uri, body = self.manifest_bytes(layer, pipeline, partition)
+        return Manifest.model_validate_json(body), {"path": uri, "sha256": hashlib.sha256(body).hexdigest()}
+
+    def read_bytes(self, uri: str) -> bytes:
+        """Bytes of one lake object, by URI (``s3://bucket/key``)."""
+        with self.fs.open_input_stream(self.arrow_path(uri)) as f:
+            return f.read()
+
+    def read_manifest_at(self, uri: str) -> tuple[Manifest, dict[str, str]]:
+        """The manifest at ``uri`` (e.g. an ``inputs`` entry of another manifest) and its ref."""
+        body = self.read_bytes(uri)
         return Manifest.model_validate_json(body), {"path": uri, "sha256": hashlib.sha256(body).hexdigest()}
 
     def read_manifest(self, layer: Layer, pipeline: str, partition: Partition) -> Manifest:
