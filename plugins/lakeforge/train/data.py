@@ -331,10 +331,18 @@ class LengthBucketedStream(torch.utils.data.IterableDataset):
         return batches
 
 
+def _worker_init(_worker_id: int) -> None:
+    # a worker must not outlive its trainer (kill -9 included); torch's own watchdog takes ~5 s
+    from lakeforge.train.dist import die_with_parent
+
+    die_with_parent()
+
+
 def loader(stream: LengthBucketedStream, num_workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
     """A DataLoader over a batch stream (the stream batches; the loader only parallelises and prefetches)."""
     # its own generator: creating the iterator must not draw from the global RNG (dropout), or a
     # resumed run would see other dropout masks than the uninterrupted one
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                                        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+                                       worker_init_fn=_worker_init if num_workers else None,
                                        generator=torch.Generator().manual_seed(stream.seed))
