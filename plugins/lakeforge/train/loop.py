@@ -238,7 +238,8 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
             store.clear_checkpoints()  # a fresh start must not find a stale LATEST later
     step, position, best, best_dirty = 0, 0, None, False
     loop_state: dict[str, Any] = {"history": [], "evals": [], "best_val_loss": math.inf, "best_step": 0,
-                                  "bad_evals": 0, "train_seconds": 0.0, "tokens": 0, "samples": 0}
+                                  "bad_evals": 0, "train_seconds": 0.0, "loop_seconds": 0.0, "tokens": 0,
+                                  "samples": 0, "padded_tokens": 0}
     resumed_from = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -336,8 +337,9 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
         line_every = max(1, profile.max_steps // 20)
         stopped_early = False
         last_val: tuple[int, dict] | None = None  # (step, result) of the latest validation
-        window = {"t": time.perf_counter(), "tokens": 0.0, "samples": 0.0, "data_s": 0.0, "steps": 0}
+        window = {"t": time.perf_counter(), "tokens": 0.0, "padded": 0.0, "samples": 0.0, "data_s": 0.0, "steps": 0}
         loss_acc = torch.zeros((), device=device)
+        t_loop = time.perf_counter()
         while step < profile.max_steps:
             t_step = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]  # the encoder's lr this step
@@ -348,6 +350,7 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
                 position += 1
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 window["tokens"] += float(batch["attention_mask"].sum())
+                window["padded"] += batch["attention_mask"].numel()
                 window["samples"] += batch["labels"].numel()
                 # only the last micro batch all-reduces gradients
                 sync = contextlib.nullcontext() if not procs.ddp or micro == profile.grad_accum - 1 else model.no_sync()
@@ -368,7 +371,8 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
 
             if step % log_interval == 0 or step == profile.max_steps:
                 # one small all-reduce per logged step: loss, tokens, samples over all ranks
-                loss_sum, tokens, samples = dist.all_sum(procs, [float(loss_acc), window["tokens"], window["samples"]])
+                loss_sum, tokens, samples, padded = dist.all_sum(
+                    procs, [float(loss_acc), window["tokens"], window["samples"], window["padded"]])
                 n_steps = max(1, window["steps"])
                 elapsed = max(1e-9, time.perf_counter() - window["t"])
                 row = {"step": step, "loss": loss_sum / procs.world / n_steps, "lr": lr,
@@ -376,6 +380,7 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
                        "memory_mb": memory_mb(device), "data_wait_s": window["data_s"] / n_steps}
                 loop_state["tokens"] += tokens
                 loop_state["samples"] += samples
+                loop_state["padded_tokens"] += padded
                 loop_state["history"].append(row)
                 if master:
                     mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step, synchronous=False)
@@ -385,7 +390,7 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
                         log.info("step %d/%d loss %.4f lr %.2e %.0f tokens/s %.1f samples/s", step, profile.max_steps,
                                  row["loss"], lr, row["tokens_per_s"], row["samples_per_s"])
                 loss_acc.zero_()
-                window = {"t": time.perf_counter(), "tokens": 0.0, "samples": 0.0, "data_s": 0.0, "steps": 0}
+                window = {"t": time.perf_counter(), "tokens": 0.0, "padded": 0.0, "samples": 0.0, "data_s": 0.0, "steps": 0}
 
             if profile.eval_interval and (step % profile.eval_interval == 0 or step == profile.max_steps) \
                     and n_rows["validation"]:
@@ -416,10 +421,13 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
             if store is not None and profile.checkpoint_interval and step % profile.checkpoint_interval == 0 \
                     and step < profile.max_steps:
                 t_ck = time.perf_counter()
+                loop_state["loop_seconds"] += t_ck - t_loop  # saved with the checkpoint: a resumed run adds on
+                t_loop = t_ck
                 save_checkpoint(store, procs, step, position, raw_model, optimizer, scheduler, loop_state,
                                 print_fp, mlflow_run_id, config, best if best_dirty else None, best is not None)
                 best_dirty = False
                 window["t"] += time.perf_counter() - t_ck
+        loop_state["loop_seconds"] += time.perf_counter() - t_loop
         progress.close()
         del batches  # stop DataLoader workers before the final phase
         if store is not None:
@@ -437,6 +445,12 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
             "train_seconds": loop_state["train_seconds"],
             "train_samples_per_s": loop_state["samples"] / max(1e-9, loop_state["train_seconds"]),
             "train_tokens_per_s": loop_state["tokens"] / max(1e-9, loop_state["train_seconds"]),
+            # the whole loop's wall time: data waits, validation and checkpoints included
+            "loop_seconds": loop_state["loop_seconds"],
+            "loop_samples_per_s": loop_state["samples"] / max(1e-9, loop_state["loop_seconds"]),
+            "loop_tokens_per_s": loop_state["tokens"] / max(1e-9, loop_state["loop_seconds"]),
+            "samples_trained": float(loop_state["samples"]),
+            "padding_share": 1.0 - loop_state["tokens"] / max(1.0, loop_state["padded_tokens"]),
             "steps_trained": float(step), "stopped_early": float(stopped_early),
             "best_step": float(loop_state["best_step"]),
         }
