@@ -51,7 +51,7 @@ def main(
     from lakeforge.train import TrainConfig, run  # heavy (torch, transformers): after arg parsing
     from lakeforge.train.dist import die_with_parent
 
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: never outlive it
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: never outlive it (run() does it too)
         die_with_parent()
     overrides = {k: v for k, v in {"max_steps": max_steps, "run_name": run_name, "profile": profile,
                                    "tracking_uri": tracking_uri, "run_key": run_key}.items() if v is not None}

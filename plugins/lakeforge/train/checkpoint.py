@@ -197,6 +197,15 @@ class CheckpointStore:
                 pass
 
 
+    def delete_all(self) -> None:
+        """Forget this run entirely (``RUN.json`` and ``DONE.json`` too): the next run starts fresh."""
+        self.wait()
+        try:
+            self.fs.delete_dir(self.base)
+        except (FileNotFoundError, OSError):
+            pass
+
+
 def step_dir(step: int) -> str:
     return f"step-{step:06d}"
 

@@ -82,7 +82,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def setup(cpu_threads: int | None = None) -> Processes:
-    """Pick the device, set CPU threads, and start the process group when there is more than one rank."""
+    """Pick the device, set CPU threads, and start the process group when there is more than one rank.
+
+    Under torchrun the process also asks to die with torchrun (:func:`die_with_parent`).
+    """
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -69,3 +69,10 @@ def test_clear_leaves_run_and_done(store):
     store.clear_checkpoints()
     assert store.latest() is None and store.step_dirs() == [] and store.read_bytes(ckpt.BEST) is None
     assert store.read_json(ckpt.RUN) == {"mlflow_run_id": "abc"} and store.read_json(ckpt.DONE) == {"version": "3"}
+
+
+def test_delete_all_forgets_the_run(store):
+    store.write_json(ckpt.RUN, {"mlflow_run_id": "abc"})
+    store.write_json(ckpt.DONE, {"version": "3"})
+    store.delete_all()
+    assert store.read_json(ckpt.RUN) is None and store.read_json(ckpt.DONE) is None
