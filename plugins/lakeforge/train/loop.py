@@ -231,7 +231,7 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
         if state.get("fingerprint") != print_fp:
             log.warning("checkpoint %s/%s was made for other hyper-parameters or data: starting fresh",
                         store.uri, latest["dir"])
-            state = None
+            state, run_info = None, {}  # a new MLflow run too: the old one's params describe the old config
     if store is not None and state is None:
         dist.barrier(procs)
         if master:
@@ -281,7 +281,6 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
         tags["airflow.run_id"] = config.airflow_run_id
     run_ctx: Any = contextlib.nullcontext()
     mlflow_run_id = (state or {}).get("mlflow_run_id") or run_info.get("mlflow_run_id")
-    continuing = bool(mlflow_run_id)
     if master:
         mlflow.set_tracking_uri(config.tracking_uri)
         if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
@@ -292,7 +291,7 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
                 mlflow.MlflowClient().get_run(mlflow_run_id)
             except mlflow.exceptions.MlflowException:
                 log.warning("MLflow run %s of %s is gone: starting a new one", mlflow_run_id, key)
-                mlflow_run_id, continuing = None, False
+                mlflow_run_id = None
         run_ctx = mlflow.start_run(run_id=mlflow_run_id, experiment_id=None if mlflow_run_id else experiment.experiment_id,
                                    run_name=None if mlflow_run_id else config.run_name,
                                    tags=None if mlflow_run_id else tags, log_system_metrics=True)
@@ -305,7 +304,9 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
             mlflow.set_tags({**tags, "lakeforge.attempts": str(attempts), "lakeforge.resumed_from_step": str(resumed_from)})
             if config.airflow_try_number:
                 mlflow.set_tag("airflow.try_number", str(config.airflow_try_number))
-            if not continuing:  # params are immutable in MLflow: log them once, on the first try
+            # every try logs them: MLflow accepts the same values again (a first try may have died before
+            # logging them) and refuses changed ones, which only an inexact resume has (other world size)
+            try:
                 mlflow.log_params(_params(config, pipeline, profile, {
                     "world_size": procs.world, "device": device.type, "bf16_autocast": bf16,
                     "torch_threads": torch.get_num_threads(), "base_dir": str(base),
@@ -314,6 +315,8 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
                     "num_parameters": sum(p.numel() for p in raw_model.parameters()),
                     "checkpoints": store.uri if store is not None else "none",
                 }))
+            except mlflow.exceptions.MlflowException as exc:
+                log.warning("continuing MLflow run %s with changed params: %s", mlflow_run_id, str(exc)[:300])
             log.info("training %s on %s: %d train rows, steps %d..%d x %d x %d ranks, %s%s", spec.base, partition.path,
                      n_rows["train"], step, profile.max_steps, profile.batch_size, procs.world, device,
                      " bf16" if bf16 else "")
@@ -518,7 +521,7 @@ def save_checkpoint(store: ckpt.CheckpointStore, procs: dist.Processes, step: in
 def _params(config: TrainConfig, pipeline: PipelineConfig, profile: TrainProfile, extra: dict) -> dict[str, str]:
     from lakeforge.train.tracking import flat_params
 
-    run = config.model_dump(exclude={"overrides"})
+    run = config.model_dump(exclude={"overrides", "airflow_try_number"})  # the try is a tag: it changes per try
     run["overrides"] = json.dumps(config.overrides, sort_keys=True)
     return flat_params({"": run, "profile": profile.model_dump(),
                         "model": pipeline.model.model_dump(exclude={"cpu", "gpu"})}, extra)
