@@ -29,10 +29,12 @@ DOC = """
 **Flow:** `wait_for_partition` (sensor, reschedule mode: every partition of the topic must hold a record
 stamped at or after the interval's end + {lateness}s allowed lateness; times out after {timeout}s) ->
 `land_events` (Kafka topic `{topic}` -> `s3://<lake>/raw/{name}/dt=…/`, Parquet + `_MANIFEST.json`,
-bad records to `quarantine/` with a reason) -> `curate_partition` (Spark: {steps}) -> `build_features` (Spark: labels,
-deterministic train/validation/test split) -> `train_model` (`torchrun jobs/train.py`, pool `gpu`: streams the
-features from the lake, fine-tunes, logs to MLflow and registers `{model}`, plus a TF-IDF baseline as a second
-candidate) -> `promote_model` (gates each candidate vs. the `champion` alias on the test split).
+bad records to `quarantine/` with a reason) -> `curate_partition` (Spark: {steps}; drops counted per reason,
+dropped rows kept under the run's `_excluded/`, duplicates of any other curated partition dropped too) ->
+`build_features` (Spark: labels, fast-tokenizer `input_ids`, train/validation/test split by near-duplicate
+cluster) -> `train_model` (`torchrun jobs/train.py`, pool `gpu`: streams the features from the lake, fine-tunes,
+logs to MLflow and registers `{model}`, plus a TF-IDF baseline as a second candidate) -> `promote_model` (gates
+each candidate vs. the `champion` alias on the test split).
 
 **Training retries resume:** `train_model` writes a checkpoint to `s3://<lake>/checkpoints/{name}/dt=…/<dag_id>/<run_id>/`
 every few steps (model, optimizer, scheduler, RNG states, data position). A retry of the task (after a crash,
@@ -42,6 +44,13 @@ uninterrupted run; a retry after success returns the recorded result. A new DAG 
 **Partition:** scheduled runs use the data interval (`dt=YYYY-MM-DD`). Manual runs have no interval: set
 the `partition` Param (e.g. yesterday's date). Backfill: `airflow backfill create --dag-id {name}
 --from-date 2026-11-01 --to-date 2026-11-07`.
+
+**Quality gate:** {gate}. A failing partition is not published and `curate_partition` fails
+without retries, naming the rule and the figures; only this run's downstream tasks stop (other partitions read
+published partitions only). Every curate run writes a quality report (`reports/{name}/dt=…/run=…/quality.html`:
+length histograms, drops per rule, duplicate clusters, dropped examples); its links are in the `{name}.curated`
+asset event's metadata (`report_url` opens it) and travel to the MLflow run that trains on the partition.
+One `curate_partition` runs at a time per pipeline, so a backfill never admits one duplicate twice.
 
 **Reruns** replace a partition whole: readers only see what a `_MANIFEST.json` lists. Two runs of the same
 partition at once: the second fails at once naming the holder (a PostgreSQL advisory lock).
@@ -66,7 +75,8 @@ for pipeline in all_pipelines():
         description=pipeline.description.strip()[:200],
         doc_md=DOC.format(name=pipeline.name, description=pipeline.description, topic=pipeline.topic,
                           lateness=pipeline.ingest.allowed_lateness_s, timeout=pipeline.ingest.completeness_timeout_s,
-                          steps=", ".join(s.name for s in pipeline.curate), model=pipeline.model.registered_name),
+                          steps=", ".join(s.name for s in pipeline.curate), model=pipeline.model.registered_name,
+                          gate=pipeline.quality_gate.model_dump()),
         # a data-interval timetable: each run covers [previous tick, tick), which is its partition
         # (Airflow 3's plain "@daily" is a zero-length trigger timetable)
         schedule=CronDataIntervalTimetable("0 0 * * *" if pipeline.partition == "daily" else "0 * * * *", timezone="UTC"),
@@ -103,12 +113,16 @@ for pipeline in all_pipelines():
                 task_id="curate_partition", application=str(REPO_ROOT / "jobs" / "curate.py"),
                 application_args=["--pipeline", pipeline.name, "--partition", PARTITION, "--run-id", "{{ run_id }}"],
                 name=f"curate-{pipeline.name}", conn_id="spark_default", outlets=[curated],
+                layer="curated", pipeline_name=pipeline.name, partition=PARTITION,
+                # the dedup index is the other curated partitions: one curate at a time per pipeline
+                max_active_tis_per_dag=1,
             )
         if "features" in pipeline.stages:
             stages["features"] = LakeSparkSubmitOperator(
                 task_id="build_features", application=str(REPO_ROOT / "jobs" / "features.py"),
                 application_args=["--pipeline", pipeline.name, "--partition", PARTITION, "--run-id", "{{ run_id }}"],
                 name=f"features-{pipeline.name}", conn_id="spark_default", outlets=[features],
+                layer="features", pipeline_name=pipeline.name, partition=PARTITION,
             )
         if "train" in pipeline.stages:
             stages["train"] = BashOperator(

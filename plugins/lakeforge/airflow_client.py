@@ -84,3 +84,30 @@ class AirflowClient:
                 check()
             time.sleep(3)
         raise LakeforgeError(f"run {run_id} of {dag_id} did not finish within {timeout:.0f}s; task states: {last}")
+
+    def pause(self, dag_id: str) -> None:
+        self._req("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
+
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> None:
+        """Mark a run ``failed``/``success``/``queued`` (what the UI's "Mark as" does)."""
+        self._req("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": state})
+
+    def backfills(self, dag_id: str) -> list[dict]:
+        return self._req("GET", "/backfills", params={"dag_id": dag_id, "limit": 100})["backfills"]
+
+    def cancel_backfill(self, backfill_id: int) -> dict:
+        return self._req("PUT", f"/backfills/{backfill_id}/cancel")
+
+    def wait_backfill(self, dag_id: str, backfill_id: int, timeout: float = 900,
+                      check: Callable[[], None] | None = None) -> dict:
+        """Wait until the scheduler has finished every run of a backfill (``completed_at`` is set)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            backfill = self._req("GET", f"/backfills/{backfill_id}")
+            if backfill.get("completed_at"):
+                return backfill
+            if check:
+                check()
+            time.sleep(3)
+        raise LakeforgeError(f"backfill {backfill_id} of {dag_id} did not complete within {timeout:.0f}s; "
+                             f"runs: {[(r['dag_run_id'], r['state']) for r in self.runs(dag_id)]}")

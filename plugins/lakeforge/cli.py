@@ -101,7 +101,7 @@ def env() -> None:
         print(f"export {k}='{v}'")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def airflow(ctx: typer.Context) -> None:
     """Run the airflow CLI against lakeforge's Airflow, e.g. `lakeforge airflow backfill create --dag-id …`."""
     import os
@@ -111,20 +111,35 @@ def airflow(ctx: typer.Context) -> None:
 
 
 @app.command()
-def produce(pipeline: str = typer.Option("movie_reviews", help="pipeline name"),
+def produce(pipeline: str = typer.Option("movie_reviews", help="pipeline name or YAML path"),
             records: int = typer.Option(2000, help="events to send"),
-            days: int = typer.Option(3, help="spread event times over the last N days"),
+            days: int = typer.Option(3, help="spread event times over the N days before --end"),
+            end: Optional[str] = typer.Option(None, help="end of the event-time range, YYYY-MM-DD[THH:MM] UTC "
+                                                        "(default: now); replays historical days for a backfill"),
             seed: int = typer.Option(7, help="RNG seed (same seed, same events)"),
             no_faults: bool = typer.Option(False, "--no-faults", help="send clean events only"),
-            truth: Optional[Path] = typer.Option(None, help="ground-truth JSONL path")) -> None:
-    """Replay movie reviews into Kafka as JSON events (with injected faults)."""
-    from lakeforge.produce import FaultRates, ProduceConfig
+            fault: list[str] = typer.Option([], "--fault", help="override one fault rate, e.g. --fault html=0.1 "
+                                                                 "(repeatable)"),
+            truth: Optional[Path] = typer.Option(None, help="ground-truth JSONL path"),
+            no_truth: bool = typer.Option(False, "--no-truth", help="write no ground truth (millions of records)")) -> None:
+    """Replay movie reviews into Kafka as JSON events (with injected faults) and write the ground truth."""
+    from datetime import datetime, timezone
+
+    from lakeforge.produce import FaultRates, ProduceConfig, parse_fault_overrides
     from lakeforge.produce import produce as do_produce
 
-    faults = FaultRates(**{k: 0.0 for k in FaultRates.model_fields}) if no_faults else FaultRates()
-    cfg = ProduceConfig(pipeline=pipeline, records=records, days=days, seed=seed, faults=faults, truth_path=truth)
     try:
-        summary = do_produce(cfg, progress=lambda n, total: console.print(f"  sent {n}/{total}"))
+        base = FaultRates.none() if no_faults else FaultRates()
+        faults = base.model_copy(update=parse_fault_overrides(fault))
+        end_at = None
+        if end:
+            try:
+                end_at = datetime.fromisoformat(end).replace(tzinfo=timezone.utc)
+            except ValueError:
+                raise LakeforgeError(f"bad --end {end!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+        cfg = ProduceConfig(pipeline=pipeline, records=records, days=days, end=end_at, seed=seed, faults=faults,
+                            truth_path=truth, write_truth=not no_truth)
+        summary = do_produce(cfg, progress=lambda n, total: console.print(f"  sent {n:,}/{total:,}"))
     except LakeforgeError as exc:
         _fail(exc)
     print(json.dumps(summary))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lakeforge.errors import ConfigError, MissingSecretError
@@ -176,6 +176,38 @@ class IngestSpec(BaseModel):
     row_group_rows: int = 65_536  # rows per Parquet row group
     max_record_bytes: int = 1 << 20  # larger records are quarantined as oversize
     connect_retries: int = 5  # attempts to reach the broker before failing (exponential backoff)
+    max_parallel_partitions: int = 8  # topic-partitions read at once (memory: one row group buffer each)
+
+
+class QualityGateSpec(BaseModel):
+    """Data-quality gate of ``curate_partition``: a partition failing any check is not published, and
+    the task fails naming the rule and the figures (see lakeforge.curate.gates)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    min_rows: int = 0  # fewest curated rows a partition may publish
+    max_drop_rate: dict[str, float] = Field(default_factory=dict)  # drop reason ("*": any one reason) -> max share of input rows
+    max_total_drop_rate: float = 1.0  # max share of input rows dropped by all steps together
+    max_quarantine_share: float = 1.0  # max share of the partition's records quarantined at ingest
+    check_schema: bool = True  # the raw partition's schema version and columns must match the pipeline
+
+    @field_validator("max_drop_rate")
+    @classmethod
+    def _rates_are_shares(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: r for k, r in v.items() if not 0 <= r <= 1}
+        if bad:
+            raise ValueError(f"max_drop_rate values must be shares within [0, 1], got {bad}")
+        return v
+
+
+class FeaturesSpec(BaseModel):
+    """How ``build_features`` tokenizes and labels curated rows (see lakeforge.features)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    tokenizer: str | None = None  # tokenizer dir or weights package; None: the model's base
+    max_length: int | None = None  # tokens per text incl. special tokens; None: the cpu profile's max_length
+    truncation_side: Literal["left", "right"] | None = None  # None: the cpu profile's truncation_side
+    label_map: dict[int, str] | None = None  # raw label value -> label name of the model; None: raw label is the id
+    batch_rows: int = 1024  # texts per tokenizer call
 
 
 class ModelSpec(BaseModel):
@@ -209,6 +241,8 @@ class PipelineConfig(BaseModel):
     stages: list[Literal["land", "curate", "features", "train"]] = Field(
         default_factory=lambda: ["land", "curate", "features", "train"])  # DAG tasks, in order (a prefix)
     curate: list[StepSpec] = Field(default_factory=list)  # cleaning steps, in order
+    quality_gate: QualityGateSpec = Field(default_factory=QualityGateSpec)  # thresholds checked before publishing curated
+    features: FeaturesSpec = Field(default_factory=FeaturesSpec)  # tokenization and label mapping
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
     model: ModelSpec  # model and training profiles
 
@@ -218,6 +252,15 @@ class PipelineConfig(BaseModel):
         if abs(sum(v.values()) - 1.0) > 1e-6 or set(v) != {"train", "validation", "test"}:
             raise ValueError(f"split must have train/validation/test summing to 1, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _event_time_is_a_required_timestamp(self) -> "PipelineConfig":
+        if self.ingest.time_source == "field":
+            spec = next((f for f in self.fields if f.name == self.event_time_field), None)
+            if spec is None or spec.type != "timestamp" or not spec.required:
+                raise ValueError(f"event_time_field {self.event_time_field!r} must be a required timestamp field of "
+                                 f"the schema (ingest assigns partitions by it), got {spec}")
+        return self
 
     @field_validator("stages")
     @classmethod

@@ -17,6 +17,14 @@ class ServiceError(LakeforgeError):
     """An embedded service failed to start, or stopped answering."""
 
 
+class PortTakenError(ServiceError):
+    """A service's port answers, but from a process that is not ours (another state dir, another program)."""
+
+    def __init__(self, message: str, port: int):
+        super().__init__(message)
+        self.port = port
+
+
 class PrerequisiteError(LakeforgeError):
     """A tool the machine must provide (JDK, Maven) is missing."""
 

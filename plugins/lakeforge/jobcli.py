@@ -2,8 +2,9 @@
 
     spark-submit jobs/<stage>.py --pipeline movie_reviews --partition 2026-11-23 [--run-id X]
 
-Logs go to stderr; the last stdout line is a JSON summary (manifest path, rows, dropped counts)
-that the Airflow task pushes to XCom.
+Logs go to stderr; the last stdout line is a JSON summary (manifest path, rows, dropped counts,
+report links). A failed data-quality gate exits with status 3 (the Airflow task then fails without
+retries) after printing ``{"error": "quality_gate", "message": …}``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Optional
 import typer
 
 STAGES = {"curate": "CurateConfig", "features": "FeaturesConfig"}
+#: Exit status when the stage's data-quality gate failed (lakeforge.operators.GATE_FAILED_EXIT).
+GATE_FAILED_EXIT = 3
 
 
 def spark_stage_app(stage: str) -> typer.Typer:
@@ -33,12 +36,19 @@ def spark_stage_app(stage: str) -> typer.Typer:
         master: Optional[str] = typer.Option(None, help="Spark master URL; default: spark-submit's"),
     ) -> None:
         from lakeforge.curate import summarize
+        from lakeforge.errors import DataQualityError
         from lakeforge.lake import new_run_id
 
         module = importlib.import_module(f"lakeforge.{stage}")
         config = getattr(module, STAGES[stage])(pipeline=pipeline, partition=partition,
                                                  run_id=new_run_id(run_id), master=master)
-        print(json.dumps(summarize(module.run(config))), flush=True)
+        try:
+            manifest = module.run(config)
+        except DataQualityError as exc:
+            logging.getLogger(__name__).error("%s", exc)
+            print(json.dumps({"error": "quality_gate", "message": str(exc)}), flush=True)
+            raise typer.Exit(GATE_FAILED_EXIT) from None
+        print(json.dumps(summarize(manifest)), flush=True)
 
     return app
 

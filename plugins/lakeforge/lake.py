@@ -4,7 +4,10 @@ Layout (inside the lake bucket)::
 
     <layer>/<pipeline>/dt=YYYY-MM-DD[/hour=HH]/_MANIFEST.json          the published partition
     <layer>/<pipeline>/dt=YYYY-MM-DD[/hour=HH]/run=<run_id>/part-*.parquet  files of one run
+    <layer>/<pipeline>/dt=…/run=<run_id>/_<part>/part-*.parquet          a run's side outputs (curated:
+                                                                        _index, _excluded), listed in its manifest
     quarantine/<pipeline>/dt=…/run=<run_id>/part-*.parquet              rejected records + reason
+    reports/<pipeline>/dt=…/run=<run_id>/<name>                         a run's reports (kept after reruns)
     checkpoints/<pipeline>/dt=…/<run_key>/…                             a training run's checkpoints
 
 Publish protocol: a writer puts its files under its own ``run=<run_id>/`` prefix, then writes
@@ -65,10 +68,15 @@ class Manifest(BaseModel):
     stats: dict[str, Any] = Field(default_factory=dict)  # stage-specific figures
 
 
+def path_safe(value: str, limit: int = 120) -> str:
+    """``value`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``: an
+    Airflow run id (``backfill__2026-11-14T00:00:00+00:00``) as a key part no S3 tool misreads."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)[:limit]
+
+
 def new_run_id(hint: str | None = None) -> str:
     """A path-safe run id: the Airflow run id when there is one, plus a short random suffix."""
-    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in (hint or "manual"))[:80]
-    return f"{base}-{uuid.uuid4().hex[:8]}"
+    return f"{path_safe(hint or 'manual', 80)}-{uuid.uuid4().hex[:8]}"
 
 
 class Lake:
@@ -102,6 +110,14 @@ class Lake:
 
     def manifest_key(self, layer: Layer, pipeline: str, partition: Partition) -> str:
         return f"{self.partition_key(layer, pipeline, partition)}/{MANIFEST_NAME}"
+
+    def run_part_key(self, layer: Layer, pipeline: str, partition: Partition, run_id: str, part: str) -> str:
+        """Prefix of a run's side output ``part`` (e.g. ``index``): removed with the run's files."""
+        return f"{self.run_key(layer, pipeline, partition, run_id)}/_{part}"
+
+    def report_key(self, pipeline: str, partition: Partition, run_id: str, name: str) -> str:
+        """Key of a report file of one run (reports outlive reruns: they are the runs' record)."""
+        return f"{self.run_key('reports', pipeline, partition, run_id)}/{name}"
 
     def checkpoint_key(self, pipeline: str, partition: Partition, run_key: str) -> str:
         """Prefix of one training run's checkpoints; ``run_key`` names the run (Airflow dag/run id)."""
@@ -140,11 +156,23 @@ class Lake:
         return FileEntry(path=uri if "://" in uri else self.uri(uri), size=size, sha256=digest.hexdigest(), rows=rows)
 
     def list_run_files(self, run_prefix_key: str, suffix: str = ".parquet") -> list[str]:
-        """Data files a run wrote under its prefix (used only by the writer itself, before publish)."""
+        """Data files a run wrote directly under its prefix, not in sub-prefixes (used only by the
+        writer itself, before publish)."""
         keys: list[str] = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=run_prefix_key + "/"):
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=run_prefix_key + "/",
+                                                                   Delimiter="/")
+        for page in pages:
             keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(suffix)]
         return [self.uri(k) for k in sorted(keys)]
+
+    def published_partitions(self, layer: Layer, pipeline: str) -> list[Partition]:
+        """Partitions of ``layer/pipeline`` that have a published manifest (the one listing readers
+        do: of manifests, never of data files)."""
+        prefix = f"{layer}/{pipeline}/"
+        keys: list[str] = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith("/" + MANIFEST_NAME)]
+        return sorted({partition_of_key(k[len(prefix):]) for k in keys}, key=lambda p: p.start)
 
     # -- manifests ---------------------------------------------------------------------------------
     def publish(self, manifest: Manifest) -> str:
@@ -210,7 +238,95 @@ class Lake:
             return pa.table({})
         return pa.concat_tables(tables)
 
-    def put_json(self, key: str, obj: Any) -> str:
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(obj, indent=2, default=str).encode(),
-                           ContentType="application/json")
+    def put_bytes(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> str:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
         return self.uri(key)
+
+    def put_json(self, key: str, obj: Any) -> str:
+        return self.put_bytes(key, json.dumps(obj, indent=2, default=str).encode(), "application/json")
+
+    def get_bytes(self, uri_or_key: str) -> bytes:
+        key = self.key_of(uri_or_key) if "://" in uri_or_key else uri_or_key
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def http_link(self, uri_or_key: str, expires_s: int = 7 * 24 * 3600) -> str:
+        """A presigned HTTP(S) URL of an object (for links in Airflow; 7 days, SigV4's longest)."""
+        key = self.key_of(uri_or_key) if "://" in uri_or_key else uri_or_key
+        return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                              ExpiresIn=expires_s)
+
+
+def partition_of_key(rest: str) -> Partition:
+    """The Partition of a key fragment ``dt=YYYY-MM-DD[/hour=HH]/…``."""
+    parts = rest.split("/")
+    value = parts[0]
+    if len(parts) > 1 and parts[1].startswith("hour="):
+        value += "/" + parts[1]
+    return Partition.parse(value)
+
+
+class LocalLake(Lake):
+    """A lake on local disk: the same keys, manifests and publish protocol, ``file://`` URIs
+    instead of ``s3://``/``s3a://`` (for tests, benchmarks and a laptop without an S3 server)."""
+
+    def __init__(self, root, settings: Settings | None = None):
+        from pathlib import Path
+
+        from pyarrow import fs as pafs
+
+        self.root = Path(root).resolve()
+        super().__init__(settings or Settings(home=self.root))
+        self._fs = pafs.LocalFileSystem()
+
+    def uri(self, key: str, scheme: str = "s3") -> str:
+        return f"file://{self.root / key}"  # not as_uri(): it escapes the '=' of dt=…
+
+    def key_of(self, uri: str) -> str:
+        from pathlib import Path
+
+        return Path(uri.removeprefix("file://")).relative_to(self.root).as_posix()
+
+    def arrow_path(self, uri_or_key: str) -> str:
+        key = self.key_of(uri_or_key) if "://" in uri_or_key else uri_or_key
+        return str(self.root / key)
+
+    def list_run_files(self, run_prefix_key: str, suffix: str = ".parquet") -> list[str]:
+        files = sorted((self.root / run_prefix_key).glob(f"*{suffix}"))
+        return [self.uri(p.relative_to(self.root).as_posix()) for p in files]
+
+    def published_partitions(self, layer: Layer, pipeline: str) -> list[Partition]:
+        base = self.root / layer / pipeline
+        found = {partition_of_key(p.parent.relative_to(base).as_posix()) for p in base.glob(f"**/{MANIFEST_NAME}")}
+        return sorted(found, key=lambda p: p.start)
+
+    def publish(self, manifest: Manifest) -> str:
+        import shutil
+
+        part = Partition(start=manifest.interval[0], end=manifest.interval[1])
+        path = self.root / self.manifest_key(manifest.layer, manifest.pipeline, part)  # type: ignore[arg-type]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(manifest.model_dump_json(indent=2))
+        tmp.replace(path)  # atomic, like the S3 PUT
+        for run_dir in path.parent.glob("run=*"):
+            if run_dir.name != f"run={manifest.run_id}":
+                shutil.rmtree(run_dir)
+        return f"file://{path}"
+
+    def manifest_bytes(self, layer: Layer, pipeline: str, partition: Partition) -> tuple[str, bytes]:
+        path = self.root / self.manifest_key(layer, pipeline, partition)
+        if not path.exists():
+            raise ManifestError(f"no published {layer} partition at {path}: run the upstream task for {partition.path} first")
+        return f"file://{path}", path.read_bytes()
+
+    def put_bytes(self, key: str, body: bytes, content_type: str = "application/octet-stream") -> str:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+        return self.uri(key)
+
+    def get_bytes(self, uri_or_key: str) -> bytes:
+        return (self.root / (self.key_of(uri_or_key) if "://" in uri_or_key else uri_or_key)).read_bytes()
+
+    def http_link(self, uri_or_key: str, expires_s: int = 0) -> str:
+        return self.uri(self.key_of(uri_or_key) if "://" in uri_or_key else uri_or_key)

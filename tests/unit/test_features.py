@@ -7,8 +7,8 @@ import pytest
 from lakeforge.curate import CurateConfig
 from lakeforge.curate import run as run_curate
 from lakeforge.errors import ConfigError, ManifestError
-from lakeforge.features import (FEATURES_COLUMNS, FeaturesConfig, assign_split, features_frame, run,
-                                split_stats)
+from lakeforge.features import (FEATURES_COLUMNS, FeaturesConfig, TokenizerSpec, assign_split, features_frame,
+                                map_labels, run, split_stats)
 
 RATIOS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
@@ -29,7 +29,7 @@ def hashed(spark):
 
 def test_split_ratios_roughly_respected(hashed):
     distinct, _ = hashed
-    counts = {r["split"]: r["count"] for r in assign_split(distinct, RATIOS).groupBy("split").count().collect()}
+    counts = {r["split"]: r["count"] for r in assign_split(distinct, RATIOS, hash_col="text_hash").groupBy("split").count().collect()}
     assert set(counts) == {"train", "validation", "test"}
     assert 740 <= counts["train"] <= 860
     assert 60 <= counts["validation"] <= 140 and 60 <= counts["test"] <= 140
@@ -39,16 +39,17 @@ def test_split_is_deterministic_and_follows_the_hash(hashed):
     from pyspark.sql import functions as F
 
     distinct, repeated = hashed
-    first = sorted(map(tuple, assign_split(distinct, RATIOS).collect()))
-    second = sorted(map(tuple, assign_split(distinct, dict(reversed(RATIOS.items()))).collect()))
+    first = sorted(map(tuple, assign_split(distinct, RATIOS, hash_col="text_hash").collect()))
+    second = sorted(map(tuple, assign_split(distinct, dict(reversed(RATIOS.items())), hash_col="text_hash").collect()))
     assert first == second  # key order of the ratios does not matter
-    per_hash = assign_split(repeated, RATIOS).groupBy("text_hash").agg(F.countDistinct("split").alias("n"))
+    per_hash = assign_split(repeated, RATIOS, hash_col="text_hash").groupBy("text_hash").agg(F.countDistinct("split").alias("n"))
     assert {r["n"] for r in per_hash.collect()} == {1}
 
 
 def test_degenerate_ratios(hashed):
     distinct, _ = hashed
-    splits = {r["split"] for r in assign_split(distinct, {"train": 1.0, "validation": 0.0, "test": 0.0}).collect()}
+    splits = {r["split"] for r in assign_split(distinct, {"train": 1.0, "validation": 0.0, "test": 0.0},
+                                               hash_col="text_hash").collect()}
     assert splits == {"train"}
 
 
@@ -56,7 +57,7 @@ def test_degenerate_ratios(hashed):
 def test_bad_ratios(spark, ratios):
     df = spark.range(1).selectExpr("'x' AS text_hash")
     with pytest.raises(ConfigError, match="split ratios"):
-        assign_split(df, ratios)
+        assign_split(df, ratios, hash_col="text_hash")
 
 
 def test_features_frame_drops_unknown_labels(arrow_frame):
@@ -67,7 +68,7 @@ def test_features_frame_drops_unknown_labels(arrow_frame):
     assert (result.rows_in, result.rows_out) == (5, 2)
     assert result.counts_by_reason == {"unknown_label": 3}
     assert [s["id"] for s in result.dropped_samples["unknown_label"]] == ["c", "d", "e"]
-    assert tuple(result.kept.columns) == FEATURES_COLUMNS
+    assert tuple(result.kept.columns) == (*FEATURES_COLUMNS, "_truncated")
     assert sorted((r["id"], r["label"]) for r in result.kept.collect()) == [("a", 1), ("b", 0)]
     stats = split_stats(result.kept, ["negative", "positive"])
     assert sum(stats["rows_per_split"].values()) == 2
@@ -75,17 +76,61 @@ def test_features_frame_drops_unknown_labels(arrow_frame):
     assert set(stats["label_balance"]) == {"train", "validation", "test"}
 
 
+def test_split_follows_the_cluster_and_near_duplicates_never_cross(arrow_frame):
+    rows = [(f"r{i}", f"text {i}", i % 2, f"h{i}", f"cluster{i % 7}") for i in range(200)]
+    df = arrow_frame("id string, text string, label bigint, text_hash string, cluster_id string", rows)
+    result = features_frame(df, ["negative", "positive"], RATIOS)
+    per_cluster = {}
+    for r in result.kept.collect():
+        per_cluster.setdefault(r["cluster_id"], set()).add(r["split"])
+    result.release()
+    assert len(per_cluster) == 7 and all(len(s) == 1 for s in per_cluster.values())
+
+
+def test_label_map(arrow_frame):
+    df = arrow_frame("id string, label bigint", [("a", 1), ("b", 5), ("c", 3)])
+    mapped = map_labels(df, ["negative", "positive"], {1: "negative", 2: "negative", 4: "positive", 5: "positive"})
+    assert sorted((r["id"], r["label"]) for r in mapped.collect()) == [("a", 0), ("b", 1), ("c", None)]
+    with pytest.raises(ConfigError, match="neutral"):
+        map_labels(df, ["negative", "positive"], {3: "neutral"})
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_tokenizer_ids_equal_autotokenizer(side):
+    """The Spark workers use tokenizers directly (no torch); the ids are AutoTokenizer's."""
+    from transformers import AutoTokenizer
+
+    from lakeforge.config import PipelineConfig
+    from lakeforge.features import resolve_tokenizer
+
+    pipeline = PipelineConfig.load("movie_reviews")
+    spec = TokenizerSpec(path=str(resolve_tokenizer(pipeline.model.base)), max_length=16, truncation_side=side,
+                         batch_rows=2)
+    texts = ["A moving, beautifully acted film.", "word " * 40 + "the verdict: superb!", "", "Ünïcödé <EMAIL_ADDRESS> 10/10"]
+    ids, truncated = spec.encode(texts)
+    auto = AutoTokenizer.from_pretrained(str(resolve_tokenizer(pipeline.model.base).parent), truncation_side=side)
+    assert ids == auto(texts, truncation=True, max_length=16)["input_ids"]
+    assert truncated == [False, True, False, False]
+
+
 # -- the job's round trip on a local lake -------------------------------------------------------
 
-def test_run_publishes_features(spark, local_lake, publish_raw):
-    reviews = [{"id": f"m{i:03d}", "text": f"Review {i}: {'great' if i % 2 else 'poor'} acting, fine plot.",
+def test_run_publishes_features(spark, local_lake, publish_raw, tiny_pipeline):
+    reviews = [{"id": f"m{i:03d}", "text": f"Review {i}: the {'great' if i % 2 else 'poor'} acting and a fine plot.",
                 "label": i % 2} for i in range(40)]
-    reviews += [{"id": "m900", "text": "Review 3: great acting, fine plot.", "label": 1},  # duplicate of m003
+    reviews += [{"id": "m900", "text": "Review 3: the great acting and a fine plot.", "label": 1},  # duplicate of m003
                 {"id": "m901", "text": "A review with a label the model does not know.", "label": 7}]
     part = publish_raw(reviews)
-    run_curate(CurateConfig(pipeline="movie_reviews", partition="2026-11-23", run_id="c1"), lake=local_lake,
+    import yaml
+
+    from lakeforge.config import PIPELINES_DIR
+
+    chain = [s for s in yaml.safe_load((PIPELINES_DIR / "movie_reviews.yaml").read_text())["curate"]
+             if s["name"] != "near_dedup"]  # the 40 templated reviews are near-duplicates of each other
+    pipeline = tiny_pipeline(curate=chain)
+    run_curate(CurateConfig(pipeline=pipeline, partition="2026-11-23", run_id="c1"), lake=local_lake,
                spark=spark)
-    manifest = run(FeaturesConfig(pipeline="movie_reviews", partition="2026-11-23", run_id="f1"),
+    manifest = run(FeaturesConfig(pipeline=pipeline, partition="2026-11-23", run_id="f1"),
                    lake=local_lake, spark=spark)
     assert (manifest.layer, manifest.rows, manifest.dropped) == ("features", 40, {"unknown_label": 1})
     assert manifest.inputs[0]["path"].endswith("curated/movie_reviews/dt=2026-11-23/_MANIFEST.json")
@@ -96,15 +141,22 @@ def test_run_publishes_features(spark, local_lake, publish_raw):
 
     rows = spark.read.parquet(*[f.path for f in manifest.files])
     assert tuple(rows.columns) == FEATURES_COLUMNS
-    assert rows.count() == 40 and {r["split"] for r in rows.collect()} <= set(RATIOS)
+    assert dict(rows.dtypes)["input_ids"] == "array<int>" and dict(rows.dtypes)["num_tokens"] == "int"
+    collected = rows.collect()
+    assert len(collected) == 40 and {r["split"] for r in collected} <= set(RATIOS)
+    assert all(r["input_ids"][0] == 101 and r["input_ids"][-1] == 102 and r["num_tokens"] == len(r["input_ids"])
+               for r in collected)  # [CLS] … [SEP]
+    assert manifest.stats["tokens"]["max_length"] == 128 and manifest.stats["tokens"]["truncated_share"] == 0
+    assert manifest.stats["split_by"] == "cluster_id" and manifest.stats["curate_report"]["html"].endswith("quality.html")
 
 
-def test_run_empty_partition(spark, local_lake, publish_raw):
+def test_run_empty_partition(spark, local_lake, publish_raw, tiny_pipeline):
     """0 raw rows: curate and features publish manifests with 0 rows and no files."""
     publish_raw([], partition="2026-11-24")
-    curated = run_curate(CurateConfig(pipeline="movie_reviews", partition="2026-11-24"), lake=local_lake, spark=spark)
+    pipeline = tiny_pipeline()
+    curated = run_curate(CurateConfig(pipeline=pipeline, partition="2026-11-24"), lake=local_lake, spark=spark)
     assert (curated.rows, curated.files, curated.stats["rows_in"]) == (0, [], 0)
-    manifest = run(FeaturesConfig(pipeline="movie_reviews", partition="2026-11-24"), lake=local_lake, spark=spark)
+    manifest = run(FeaturesConfig(pipeline=pipeline, partition="2026-11-24"), lake=local_lake, spark=spark)
     assert (manifest.rows, manifest.files) == (0, [])
     assert manifest.stats["rows_per_split"] == {"train": 0, "validation": 0, "test": 0}
 

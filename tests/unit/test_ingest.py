@@ -9,7 +9,6 @@ import pytest
 
 from lakeforge.config import PipelineConfig
 from lakeforge.ingest import RecordRejected, parse_record, raw_schema
-from lakeforge.produce import FAULT_OUTCOME, FaultRates, ProduceConfig, make_events
 
 PIPE = PipelineConfig.load("movie_reviews")
 GOOD = {"id": "a1", "text": "Great film.", "label": 1, "source": "imdb", "event_time": "2026-11-23T10:00:00Z"}
@@ -54,32 +53,98 @@ def test_raw_schema_has_fields_then_kafka_coordinates():
     assert names[5:] == ["kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp"]
 
 
-def _events(**kw):
-    reviews = [{"text": f"review number {i} is fine", "label": i % 2, "source": "imdb"} for i in range(50)]
-    cfg = ProduceConfig(records=400, days=4, end=datetime(2026, 11, 20, tzinfo=timezone.utc), **kw)
-    return make_events(cfg, PIPE, reviews)
+# -- the batch parser: the fast path changes speed, never outcomes ------------------------------
+
+TRICKY = [
+    enc(GOOD),
+    enc({**GOOD, "event_time": "2026-11-23T10:00:00"}),  # naive: UTC
+    enc({**GOOD, "event_time": "2026-11-23T10:00:00z"}),
+    enc({**GOOD, "event_time": "2026-11-23 10:00:00+02:00"}),
+    enc({**GOOD, "event_time": "2026-11-23T10:00Z"}),  # not RFC 3339: the reference accepts it
+    enc({**GOOD, "event_time": "2026-11-23T10:00:00.123456789Z"}),
+    enc({**GOOD, "event_time": "20261123T100000Z"}),
+    enc({**GOOD, "event_time": "2026-11-23T24:00:00Z"}),
+    enc({**GOOD, "label": 2**63}),
+    enc({**GOOD, "label": -(2**63)}),
+    enc({**GOOD, "label": 1.0}),
+    b'{"id": "a1", "text": "t", "label": NaN, "event_time": "2026-11-23T10:00:00Z"}',
+    b'{"id": "a1", "text": "\\ud800", "label": 1, "event_time": "2026-11-23T10:00:00Z"}',
+    b'{"id": "a1", "text": "x\\u0000y", "label": 1, "event_time": "2026-11-23T10:00:00Z"}',
+    b'{"id": "a1", "id": "a2", "text": "t", "label": 1, "event_time": "2026-11-23T10:00:00Z"}',
+    enc({**GOOD, "source": None}),
+    enc({**GOOD, "text": None}),
+    enc({**GOOD, "extra": {"nested": [1, 2]}}),
+    enc({**GOOD, "text": "é" * 32_768}),  # 65,536 bytes: at the limit
+    enc({**GOOD, "text": "é" * 32_769}),  # 65,538 bytes: over it, though only 32,769 characters
+    b"",
+    b"null",
+    b'"just a string"',
+    b'{"id": "a1", "text": "t", "label": 1, "event_time": "2026-11-23T10:00:00Z"} trailing',
+    None,
+]
 
 
-def test_producer_is_deterministic_and_spreads_days():
-    a, b = _events(seed=3), _events(seed=3)
-    assert [e.payload for e in a] == [e.payload for e in b]
-    days = {e.truth["partition"] for e in a}
-    assert days == {"dt=2026-11-16", "dt=2026-11-17", "dt=2026-11-18", "dt=2026-11-19"}
-    assert [e.event_time for e in a] == sorted(e.event_time for e in a)
+def reference(value):
+    try:
+        return "landed", parse_record(PIPE, value)
+    except RecordRejected as rej:
+        return "quarantined", rej.reason
 
 
-def test_injected_faults_are_rejected_by_ingest_as_the_truth_says():
-    rates = FaultRates(malformed_json=0.1, invalid_utf8=0.1, missing_field=0.1, wrong_type=0.1, oversize=0.05)
-    events = _events(seed=5, faults=rates)
-    seen = set()
-    for ev in events:
-        try:
-            parse_record(PIPE, ev.payload)
-            outcome, reason = "landed", None
-        except RecordRejected as rej:
-            outcome, reason = "quarantined", rej.reason
-        assert outcome == FAULT_OUTCOME[ev.fault], ev.fault
-        if reason:
-            assert reason == ev.fault
-        seen.add(ev.fault)
-    assert {"malformed_json", "invalid_utf8", "missing_field", "wrong_type", "oversize"} <= seen
+def test_batch_parser_agrees_with_the_reference_on_every_input():
+    from lakeforge.ingest import BatchParser
+
+    batch = BatchParser(PIPE, 1 << 20).parse(TRICKY)
+    rows = batch.table.to_pylist()
+    got = {i: ("landed", row) for i, row in zip(batch.index, rows)}
+    got.update({i: ("quarantined", rej.reason) for i, rej in batch.rejected})
+    assert sorted(got) == list(range(len(TRICKY)))
+    for i, value in enumerate(TRICKY):
+        assert got[i] == reference(value), (i, value[:80] if value else value)
+
+
+def test_batch_parser_keeps_positions_in_order():
+    from lakeforge.ingest import BatchParser
+
+    values = [enc({**GOOD, "id": f"e{i}"}) if i % 3 else b"{broken" for i in range(30)]
+    batch = BatchParser(PIPE, 1 << 20).parse(values)
+    assert batch.index == [i for i in range(30) if i % 3]
+    assert batch.table.column("id").to_pylist() == [f"e{i}" for i in batch.index]
+    assert [i for i, _ in batch.rejected] == list(range(0, 30, 3))
+
+
+# -- Parquet streams: the same rows make the same files, however they arrive -------------------
+
+def _stream_files(tmp_path, chunks, name):
+    import pyarrow as pa
+    from lakeforge.config import IngestSpec
+    from lakeforge.ingest import _BackgroundWriter, _FileStream
+    from tests.unit.conftest import make_local_lake
+
+    lake = make_local_lake(tmp_path / name)
+    (lake.root / "raw/x/dt=2026-11-23/run=r").mkdir(parents=True)  # S3 has no directories; a local disk does
+    spec = IngestSpec(row_group_rows=7, rows_per_file=20)
+    writer = _BackgroundWriter()
+    schema = pa.schema([("id", pa.string()), ("n", pa.int64())])
+    stream = _FileStream(lake, "raw/x/dt=2026-11-23/run=r", 0, schema, spec, writer, {"id"})
+    for lo, hi in chunks:
+        stream.add(pa.table({"id": [f"i{k}" for k in range(lo, hi)], "n": list(range(lo, hi))}, schema=schema))
+    stream.close()
+    writer.drain()
+    writer.shutdown()
+    return lake, stream.files
+
+
+def test_file_stream_cuts_row_groups_and_files_at_fixed_row_counts(tmp_path):
+    import pyarrow.parquet as pq
+
+    lake, a = _stream_files(tmp_path, [(0, 3), (3, 50)], "a")
+    _, b = _stream_files(tmp_path, [(0, 13), (13, 14), (14, 41), (41, 50)], "b")
+    assert [f.rows for f in a] == [20, 20, 10]
+    assert [f.sha256 for f in a] == [f.sha256 for f in b]  # same bytes whatever the arrival chunks
+    first = pq.ParquetFile(lake.arrow_path(lake.key_of(a[0].path)))
+    assert [first.metadata.row_group(i).num_rows for i in range(first.num_row_groups)] == [7, 7, 6]
+    import hashlib
+
+    data = open(lake.arrow_path(lake.key_of(a[0].path)), "rb").read()
+    assert a[0].sha256 == hashlib.sha256(data).hexdigest() and a[0].size == len(data)

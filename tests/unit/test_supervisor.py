@@ -122,3 +122,50 @@ def test_down_and_status_work_when_nothing_runs(tmp_path):
     assert sup.down(progress=lambda *_: None) == []
     assert sup.down(progress=lambda *_: None) == []  # twice: idempotent
     assert not any(r["running"] for r in sup.status())
+
+
+def test_a_port_answered_by_a_foreign_process_is_detected(tmp_path):
+    """A health probe alone would take another program's server on our port for ours."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from lakeforge.errors import PortTakenError
+    from lakeforge.services.base import LoopbackHttp, ProcessService, State, http_ok
+
+    foreign = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    port = foreign.server_address[1]
+
+    class Sleeper(LoopbackHttp, ProcessService):  # "starts" but never binds: the foreign server answers
+        def healthy(self):
+            return http_ok(self.url + "/")
+
+    svc = Sleeper(name="sleeper", state=State(tmp_path), argv=[sys.executable, "-c", "import time; time.sleep(60)"])
+    svc.port = port
+    svc.start_timeout = 10
+    try:
+        with pytest.raises(PortTakenError, match=f"port {port} is served by pid"):
+            svc.start()
+        assert not svc.running()  # ours was stopped
+    finally:
+        foreign.shutdown()
+        svc.stop()
+
+
+def test_forget_port_lets_the_next_choice_differ(tmp_path):
+    from lakeforge.services.base import State
+
+    state = State(tmp_path)
+    first = state.port("mlflow", 5000)
+    state.forget_port(first)
+    assert "mlflow" not in state.ports
+
+
+def test_chosen_ports_stay_out_of_the_ephemeral_range():
+    from lakeforge.services.base import _ephemeral_range, free_port
+
+    low, high = _ephemeral_range()
+    for _ in range(20):
+        assert not low <= free_port() <= high

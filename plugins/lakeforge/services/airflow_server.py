@@ -109,6 +109,9 @@ class AirflowService(ProcessService):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    def listen_port(self) -> int | None:
+        return self.api_port if self.role == "api-server" else None  # the others answer through the API
+
     def endpoint(self) -> str:
         return self.url if self.role == "api-server" else f"{self.role} (see {self.url}/api/v2/monitor/health)"
 

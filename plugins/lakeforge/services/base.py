@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lakeforge.errors import ServiceError
+from lakeforge.errors import PortTakenError, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,47 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     return not port_free(port, host)
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A port the kernel says is free now (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port that is free now and outside the kernel's ephemeral range.
+
+    Not ``bind(0)``: that hands out an ephemeral port, which any outgoing connection may take as
+    its local port later; a server restarted on it then fails to bind while such a connection
+    lingers in TIME_WAIT (seen with Kafka here).
+    """
+    import random
+
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(15000, 32768) if not low <= p <= high] or list(range(10000, 15000))
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port_free(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # everything taken: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listeners(port: int) -> set[int] | None:
+    """Pids listening on TCP ``port`` (None when the system does not tell us)."""
+    import psutil
+
+    try:
+        return {c.pid for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
+    except (psutil.AccessDenied, PermissionError):
+        return None
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -98,6 +134,10 @@ class State:
         ports[name] = chosen
         self._write_json("ports.json", ports)
         return chosen
+
+    def forget_port(self, port: int) -> None:
+        """Drop every remembered choice of ``port`` (the next :meth:`port` call picks another)."""
+        self._write_json("ports.json", {k: v for k, v in self.ports.items() if v != port})
 
     @property
     def endpoints(self) -> dict:
@@ -208,16 +248,54 @@ class ProcessService:
                     f"{tail(self.log_path)}"
                 )
             try:
-                if self.healthy():
-                    log.info("%s is up: %s", self.name, self.endpoint())
-                    return
+                ok = self.healthy()
             except Exception as exc:  # health probes may raise while the server boots
                 log.debug("%s not healthy yet: %s", self.name, exc)
+                ok = False
+            if ok:
+                self.check_port_is_ours(proc)
+                log.info("%s is up: %s", self.name, self.endpoint())
+                return
             time.sleep(0.5)
         raise ServiceError(
             f"{self.name} did not become healthy within {self.start_timeout:.0f}s; log {self.log_path}:\n"
             f"{tail(self.log_path)}"
         )
+
+    def listen_port(self) -> int | None:
+        """The TCP port this service itself listens on (its health probe's), if any."""
+        return getattr(self, "port", None)
+
+    def check_port_is_ours(self, proc: subprocess.Popen | None) -> None:
+        """Raise :class:`PortTakenError` when our port answers from a process outside our tree.
+
+        A health probe only asks "does something answer there?": when another state dir's server
+        took the port between our choice and our bind, it answers for us while ours failed to bind.
+        """
+        import psutil
+
+        port = self.listen_port()
+        pid = proc.pid if proc is not None else self.pid()
+        if not port or pid is None:
+            return
+        pids = listeners(port)
+        if not pids:
+            return
+        try:
+            root = psutil.Process(pid)
+            ours = {pid} | {c.pid for c in root.children(recursive=True)}
+        except psutil.NoSuchProcess:
+            ours = set()
+        if pids & ours:
+            return
+        other = next(iter(pids))
+        try:
+            cmd = " ".join(psutil.Process(other).cmdline())[:160]
+        except psutil.Error:
+            cmd = "?"
+        if proc is not None:
+            stop_process_group(proc.pid, timeout=5)
+        raise PortTakenError(f"{self.name}: port {port} is served by pid {other} ({cmd}), not by ours", port)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, wait, then SIGKILL what is left."""

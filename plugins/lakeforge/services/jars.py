@@ -84,8 +84,17 @@ def java_executable() -> str | None:
     return shutil.which("java")
 
 
+_JAVA_MAJOR: dict[str, int] = {}
+
+
 def java_major(java: str) -> int | None:
-    """Major version of a ``java`` executable (``1.8`` -> 8, ``17.0.15`` -> 17), None if unknown."""
+    """Major version of a ``java`` executable (``1.8`` -> 8, ``17.0.15`` -> 17), None if unknown.
+
+    Known answers are cached: the supervisor builds the Kafka service (and so asks) on every liveness
+    check, and each ask starts a JVM, which took longer than the 30 s timeout on a machine at load 45.
+    """
+    if java in _JAVA_MAJOR:
+        return _JAVA_MAJOR[java]
     try:
         out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
@@ -94,7 +103,8 @@ def java_major(java: str) -> int | None:
     if not m:
         return None
     major = int(m.group(1))
-    return int(m.group(2) or 0) if major == 1 else major
+    _JAVA_MAJOR[java] = int(m.group(2) or 0) if major == 1 else major
+    return _JAVA_MAJOR[java]
 
 
 def check_prerequisites(maven: bool = True) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lakeforge.config import Settings, all_pipelines, default_home
-from lakeforge.errors import ServiceError
+from lakeforge.errors import PortTakenError, ServiceError
 from lakeforge.services.base import LoopbackHttp, ProcessService, State, http_ok, port_open, tail
 
 log = logging.getLogger(__name__)
@@ -212,18 +212,35 @@ class Supervisor:
                 "model-server": self.model_server}[name]()
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def up(self, progress=print) -> dict[str, str]:
-        """Start every service not yet healthy, in order; idempotent. Returns the endpoints."""
+    def up(self, progress=print, only: tuple[str, ...] | None = None) -> dict[str, str]:
+        """Start every service not yet healthy, in order; idempotent. Returns the endpoints.
+
+        Args:
+            only: start just these services (e.g. ``("postgres", "s3", "kafka")`` for the ingest
+                benchmark); they must not depend on one left out.
+        """
         from lakeforge.services.airflow_server import migrate
 
         t0 = time.monotonic()
+        unknown = set(only or ()) - set(self.service_names())
+        if unknown:
+            raise ServiceError(f"unknown services {sorted(unknown)}; known: {self.service_names()}")
         for name in self.service_names():
+            if only is not None and name not in only:
+                continue
             svc = self.service(name)
             if name == "airflow-api-server":
                 progress("  airflow: db migrate + pools")
                 migrate(self.state, self.airflow_env())
             t = time.monotonic()
-            svc.start()
+            try:
+                svc.start()
+            except PortTakenError as exc:
+                # another state dir's server took the port we had chosen: choose another, once
+                progress(f"  {name}: {exc}; choosing another port")
+                self.state.forget_port(exc.port)
+                svc = self.service(name)
+                svc.start()
             progress(f"  {name:<22} up  {svc.endpoint()}  ({time.monotonic() - t:.1f}s)")
         endpoints = {
             "kafka_bootstrap": self.kafka_bootstrap(),

@@ -1,0 +1,184 @@
+"""Benchmark: lakeforge's Kafka -> S3 landing beside kcat consuming the same topic to /dev/null.
+
+In one run, on the embedded Kafka broker and S3 store (its own state dir, only PostgreSQL, S3 and
+Kafka started):
+
+1. produce ``--records`` movie-review events (~1.1 KB of JSON each, the default fault rates) into
+   one day of a 3-partition topic, and ``--big`` events into a second topic;
+2. ``--trials`` times, alternating so both see the same machine load: ``kcat -C -e`` reads the
+   whole first topic to /dev/null; ``lakeforge ingest --force`` lands the same records (parse,
+   validate, quarantine, Parquet zstd to S3, manifest) in a fresh process;
+3. land the big topic once, for the peak RSS at 4x the records (memory must not grow with them);
+4. write ``bench/results/ingest.json``: medians and every trial.
+
+Rates are records consumed per second of each command's wall time (process start to exit, so
+lakeforge's Python start-up counts against it); ``lakeforge_in_run_msgs_per_s`` is the landing's
+own figure from its manifest. Peak RSS is the landing process's ``ru_maxrss``. Absolute figures on a
+shared 2-core machine are noise; read the ratios.
+
+    .venv/bin/python bench/ingest.py [--records 1000000] [--big 4000000] [--trials 3]
+
+Needs ``kcat`` (Debian: ``apt-get install kcat``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import typer
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+END = datetime(2026, 11, 20, tzinfo=timezone.utc)  # the records' event times fill the day before
+DAY = (END - timedelta(days=1)).strftime("%Y-%m-%d")
+
+
+def pipeline_file(tmp: Path, name: str) -> Path:
+    spec = yaml.safe_load((REPO / "pipelines" / "movie_reviews.yaml").read_text())
+    spec.update(name=name, topic=f"{name}.events", stages=["land"])
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def topic_size(bootstrap: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe"})
+    try:
+        md = c.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            return 0
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions)
+    finally:
+        c.close()
+
+
+def ensure_topic(settings, path: Path, records: int, seed: int) -> dict:
+    """Produce ``records`` events unless the topic holds exactly that many (a rerun reuses them)."""
+    from lakeforge.config import PipelineConfig
+    from lakeforge.produce import ProduceConfig, produce
+
+    topic = PipelineConfig.load(path).topic
+    have = topic_size(settings.kafka_bootstrap, topic)
+    if have == records:
+        return {"topic": topic, "records": records, "reused": True}
+    if have:
+        raise SystemExit(f"topic {topic} holds {have} events, not {records}: remove the bench state dir")
+    print(f"producing {records:,} events into {topic} …", flush=True)
+    return produce(ProduceConfig(pipeline=str(path), records=records, days=1, end=END, seed=seed, write_truth=False),
+                   settings, progress=lambda n, total: print(f"  sent {n:,}/{total:,}", flush=True))
+
+
+def run_timed(cmd: list[str], env: dict, stdout=subprocess.PIPE) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in MiB of that process, stdout) of one command."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=err)
+        out = proc.stdout.read().decode() if stdout == subprocess.PIPE else ""
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (peak RSS)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}):\n{err.read().decode()[-3000:]}")
+    return wall, usage.ru_maxrss // 1024, out
+
+
+def kcat(bootstrap: str, topic: str, env: dict) -> float:
+    with open(os.devnull, "wb") as devnull:
+        wall, _, _ = run_timed(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q"], env,
+                               stdout=devnull)
+    return wall
+
+
+def land(path: Path, env: dict) -> tuple[float, int, dict]:
+    wall, rss, out = run_timed([sys.executable, "-m", "lakeforge.cli", "ingest", "--pipeline", str(path),
+                                "--partition", DAY, "--force"], env)
+    return wall, rss, json.loads(out.strip().splitlines()[-1])
+
+
+def main(records: int = typer.Option(1_000_000, help="events for the kcat comparison"),
+         big: int = typer.Option(4_000_000, help="events for the memory check (0: skip)"),
+         trials: int = typer.Option(3, help="alternating kcat / lakeforge runs"),
+         home: Path = typer.Option(REPO / ".lakeforge-bench-ingest", help="state dir of the benchmark"),
+         keep: bool = typer.Option(False, help="keep services and data afterwards (reruns reuse the topics)"),
+         out: Path = typer.Option(REPO / "bench" / "results" / "ingest.json")) -> None:
+    if not shutil.which("kcat"):
+        raise SystemExit("kcat not found: apt-get install kcat")
+    os.environ["LAKEFORGE_HOME"] = str(home)
+    from lakeforge import code_version
+    from lakeforge.config import Settings
+    from lakeforge.services.supervisor import Supervisor
+
+    sup = Supervisor(home)
+    sup.up(progress=print, only=("postgres", "s3", "kafka"))
+    settings = Settings.load(home=home)
+    env = {**os.environ, **sup.writer_env(), "LAKEFORGE_HOME": str(home)}
+    tmp = home / "bench-pipelines"
+    tmp.mkdir(parents=True, exist_ok=True)
+    small, large = pipeline_file(tmp, "bench_ingest_1m"), pipeline_file(tmp, "bench_ingest_4m")
+    try:
+        produced = ensure_topic(settings, small, records, seed=1)
+        topic = yaml.safe_load(small.read_text())["topic"]
+        runs = []
+        for i in range(trials):
+            k = kcat(settings.kafka_bootstrap, topic, env)
+            wall, rss, m = land(small, env)
+            scanned = m["rows"] + m["quarantined_total"]
+            assert scanned == records, f"lakeforge read {scanned} of {records} records"
+            runs.append({"kcat_s": round(k, 3), "lakeforge_s": round(wall, 3), "lakeforge_in_run_s": m["seconds"],
+                         "peak_rss_mb": rss, "rows": m["rows"], "quarantined": m["quarantined_total"],
+                         "load_avg": os.getloadavg()[0]})
+            print(f"trial {i + 1}: kcat {records / k:,.0f} msgs/s, lakeforge {records / wall:,.0f} msgs/s "
+                  f"(in run {m['msgs_per_s']:,}), peak RSS {rss} MiB", flush=True)
+        big_run = None
+        if big:
+            ensure_topic(settings, large, big, seed=2)
+            wall, rss, m = land(large, env)
+            big_run = {"records": big, "lakeforge_s": round(wall, 3), "peak_rss_mb": rss, "rows": m["rows"],
+                       "quarantined": m["quarantined_total"]}
+            print(f"{big:,} records: lakeforge {big / wall:,.0f} msgs/s, peak RSS {rss} MiB", flush=True)
+    finally:
+        if not keep:
+            sup.down(progress=print)
+    kcat_rate = statistics.median(records / r["kcat_s"] for r in runs)
+    lf_rate = statistics.median(records / r["lakeforge_s"] for r in runs)
+    rss_1m = statistics.median(r["peak_rss_mb"] for r in runs)
+    result = {
+        "records": records,
+        "kcat_msgs_per_s": round(kcat_rate),
+        "lakeforge_msgs_per_s": round(lf_rate),
+        "ratio": round(lf_rate / kcat_rate, 3),
+        "lakeforge_in_run_msgs_per_s": round(statistics.median(records / r["lakeforge_in_run_s"] for r in runs)),
+        "peak_rss_mb_1m": rss_1m,
+        "peak_rss_mb_4m": big_run["peak_rss_mb"] if big_run else None,
+        "rss_ratio_4m_vs_1m": round(big_run["peak_rss_mb"] / rss_1m, 3) if big_run else None,
+        "trials": runs,
+        "big": big_run,
+        "produced": produced,
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "code_version": code_version(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    if not keep:
+        shutil.rmtree(home, ignore_errors=True)
+    print(json.dumps({k: result[k] for k in ("records", "kcat_msgs_per_s", "lakeforge_msgs_per_s", "ratio",
+                                             "peak_rss_mb_1m", "peak_rss_mb_4m")}))
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,506 @@
+"""Deduplication: exact (normalized-text hash) and near (MinHash + LSH banding), within a partition
+and against every other curated partition of the pipeline.
+
+Near-duplicates, step by step (:class:`NearDeduplicator`):
+
+1. **Signatures** (:class:`MinHashSigner`, a batch step hoisted into the chain's fused pass): the
+   words of each text (see :mod:`lakeforge.curate.text`) form word 5-gram shingles, each hashed
+   to 64 bits; ``num_perm`` hash functions ``h(x) = (a*x + b) mod 2^64 >> 32`` (multiply-add-
+   shift, ``a`` odd) give the MinHash signature; ``bands`` bands of ``rows`` values are hashed to
+   one 64-bit bucket id each. Only the band ids travel on (``_bands``, array<bigint>).
+2. **Banding** — written here, not Spark's ``MinHashLSH.approxSimilarityJoin``, which has no
+   banding (it joins on single hash values, so every pair sharing one min-hash becomes a
+   candidate) and blows up on real data: rows are exploded to ``(band, bucket, id)``, grouped by
+   ``(band, bucket)``; a bucket of k documents yields the 2(k-1) edges from its smallest id to
+   each member and between neighbours in id order (not all k(k-1)/2 pairs).
+3. **Verification**: every distinct candidate pair gets its exact Jaccard similarity on the shingle
+   sets, computed from the two texts; pairs below ``threshold`` are discarded. The probability a
+   pair at similarity s becomes a candidate is 1 - (1 - s^rows)^bands; :func:`lsh_params` picks
+   the bands so that it is >= 0.99 at the threshold.
+4. **Clusters**: connected components of the verified pairs, by min-label propagation with pointer
+   jumping (:func:`connected_components`, iterated Spark joins until no label changes). The
+   smallest id of a cluster is its representative; the others are dropped (``near_duplicate``).
+   A cluster's id is its representative's ``text_hash`` and a row without near-duplicates is its
+   own cluster, so ``cluster_id`` is content-derived and stable across reruns.
+
+Across partitions, a :class:`PriorIndex` (built by :mod:`lakeforge.curate.index` from the index
+segments the other published partitions wrote) supplies their text hashes and band ids: a row
+whose text hash, or (verified) near-duplicate, is already curated elsewhere is dropped with reason
+``exact_duplicate_cross_partition`` / ``near_duplicate_cross_partition`` before the partition's
+own clusters are formed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakeforge.curate.steps import HASH, REASON, TEXT, BatchStep, Step, StepContext, register_step
+from lakeforge.curate.text import TextBatch, Words, mix64, ngram_keys, ngram_positions, split_words, word_hashes
+from lakeforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+log = logging.getLogger(__name__)
+
+BANDS = "_bands"
+CLUSTER = "cluster_id"
+DUPLICATE_OF = "duplicate_of"
+SIMILARITY = "similarity"
+
+
+def text_hash(text: "Column") -> "Column":
+    """sha256 hex of the lowercased, whitespace-collapsed, trimmed text: the exact-dedup key."""
+    from pyspark.sql import functions as F
+
+    normalized = F.lower(F.regexp_replace(F.regexp_replace(text, r"\s+", " "), r"^ | $", ""))
+    return F.sha2(normalized, 256)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact
+# --------------------------------------------------------------------------------------------
+
+@register_step
+class ExactDeduplicator(Step):
+    """Keep one row per ``text_hash`` (the smallest id; ties broken by text), drop the others
+    (reason ``exact_duplicate``, with ``duplicate_of`` naming the kept id). Rows whose hash another
+    published partition already holds are dropped too (``exact_duplicate_cross_partition``,
+    ``duplicate_of`` naming the earlier row). Adds ``text_hash``."""
+
+    name = "exact_dedup"
+    reasons = ("exact_duplicate", "exact_duplicate_cross_partition")
+    modifies_text = False
+
+    def apply(self, df, context=None):
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        hashed = df.withColumn(HASH, text_hash(F.col(TEXT)))
+        prior = getattr(context, "prior", None)
+        dropped_prior = None
+        if prior is not None and prior.exact is not None:
+            earlier = prior.exact.groupBy(HASH).agg(F.min("p_id").alias(DUPLICATE_OF))
+            matched = hashed.join(earlier, HASH, "left")
+            dropped_prior = (matched.where(F.col(DUPLICATE_OF).isNotNull())
+                             .withColumn(REASON, F.lit("exact_duplicate_cross_partition")))
+            hashed = matched.where(F.col(DUPLICATE_OF).isNull()).drop(DUPLICATE_OF)
+        order = Window.partitionBy(HASH).orderBy(F.col("id").asc_nulls_last(), F.col(TEXT).asc_nulls_last())
+        ranked = (hashed.withColumn("_rank", F.row_number().over(order))
+                  .withColumn(DUPLICATE_OF, F.first("id").over(order)))
+        kept = ranked.where(F.col("_rank") == 1).drop("_rank", DUPLICATE_OF)
+        dropped = (ranked.where(F.col("_rank") > 1).drop("_rank")
+                   .withColumn(REASON, F.lit("exact_duplicate")))
+        if dropped_prior is not None:
+            dropped = dropped.unionByName(dropped_prior)
+        return kept, dropped
+
+
+# --------------------------------------------------------------------------------------------
+# MinHash signatures and bands
+# --------------------------------------------------------------------------------------------
+
+def lsh_params(threshold: float, num_perm: int, min_recall: float = 0.99) -> tuple[int, int]:
+    """``(bands, rows)`` with ``bands * rows <= num_perm``: the most rows per band (fewest false
+    candidates) whose candidate probability at ``threshold`` is still >= ``min_recall``."""
+    best = (num_perm, 1)
+    for rows in range(1, num_perm + 1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold ** rows) ** bands >= min_recall:
+            best = (bands, rows)
+    return best
+
+
+@dataclass(frozen=True)
+class MinHashParams:
+    """What fixes the band ids of a text: equal params give equal bands in every run and partition."""
+
+    ngram: int = 5  # words per shingle
+    num_perm: int = 128  # hash functions (signature length)
+    bands: int = 25  # bands the signature is cut into
+    rows: int = 5  # signature values per band
+    seed: int = 1  # seed of the hash functions
+
+    def __post_init__(self):
+        if self.ngram < 1 or self.num_perm < 1 or self.bands < 1 or self.rows < 1:
+            raise ConfigError(f"near_dedup needs positive ngram, num_perm, bands and rows, got {self}")
+        if self.bands * self.rows > self.num_perm:
+            raise ConfigError(f"near_dedup: bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+
+    def coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ``a`` (odd) and ``b`` of the ``num_perm`` hash functions."""
+        rng = np.random.default_rng(self.seed)
+        a = rng.integers(0, 2**64, size=self.num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
+        b = rng.integers(0, 2**64, size=self.num_perm, dtype=np.uint64, endpoint=False)
+        return a, b
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def shingle_keys(words: Words, hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint64 keys of every document's word n-gram shingles, and their document (grouped by
+    document). A document of fewer than ``n`` words (but at least one) is one shingle of all its
+    words, as in :func:`lakeforge.curate.text.python_shingles`."""
+    starts, doc = ngram_positions(words.offsets, n)
+    keys = [ngram_keys(hashes, starts, n)]
+    docs = [doc]
+    counts = words.counts
+    for length in range(1, n):
+        short = np.flatnonzero(counts == length)
+        if len(short):
+            keys.append(ngram_keys(hashes, words.offsets[short], length))
+            docs.append(short.astype(np.int64))
+    doc = np.concatenate(docs)
+    order = np.argsort(doc, kind="stable")
+    return np.concatenate(keys)[order], doc[order]
+
+
+def minhash_signatures(keys: np.ndarray, doc: np.ndarray, docs: int, params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
+    """``(signatures, has_signature)``: uint32 ``(docs, num_perm)`` minima over each document's
+    shingle keys (``doc`` grouped), and which documents have at least one shingle."""
+    a, b = params.coefficients()
+    sig = np.full((docs, params.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    present, starts = np.unique(doc, return_index=True)
+    has = np.zeros(docs, dtype=bool)
+    has[present] = True
+    if len(keys) == 0:
+        return sig, has
+    # hash functions in chunks so the (shingles x chunk) buffer stays ~32 MB; in-place arithmetic
+    chunk = max(1, min(params.num_perm, (32 << 20) // (8 * len(keys))))
+    buf = np.empty((len(keys), chunk), dtype=np.uint64)
+    column = keys[:, None]
+    with np.errstate(over="ignore"):
+        for lo in range(0, params.num_perm, chunk):
+            hi = min(params.num_perm, lo + chunk)
+            out = buf[:, : hi - lo]
+            np.multiply(column, a[None, lo:hi], out=out)
+            out += b[None, lo:hi]
+            out >>= np.uint64(32)
+            sig[present, lo:hi] = np.minimum.reduceat(out, starts, axis=0)
+    return sig, has
+
+
+def band_ids(sig: np.ndarray, params: MinHashParams) -> np.ndarray:
+    """int64 ``(docs, bands)``: each band's ``rows`` signature values hashed (with the band number)."""
+    with np.errstate(over="ignore"):
+        out = np.empty((sig.shape[0], params.bands), dtype=np.uint64)
+        for band in range(params.bands):
+            h = np.full(sig.shape[0], band + 1, dtype=np.uint64)
+            for j in range(band * params.rows, (band + 1) * params.rows):
+                h = h * np.uint64(0x9E3779B97F4A7C15) + sig[:, j].astype(np.uint64)
+            out[:, band] = mix64(h)
+    return out.view(np.int64)
+
+
+def text_bands(texts: pa.Array, params: MinHashParams) -> pa.Array:
+    """``list<int64>`` of band ids per text (null for a text without words)."""
+    words = split_words(texts)
+    keys, doc = shingle_keys(words, word_hashes(words), params.ngram)
+    sig, has = minhash_signatures(keys, doc, len(texts), params)
+    return bands_array(band_ids(sig, params), has)
+
+
+def bands_array(bands: np.ndarray, has: np.ndarray) -> pa.Array:
+    counts = np.where(has, bands.shape[1], 0)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(bands[has].ravel(), pa.int64()),
+                                    mask=pa.array(~has))
+
+
+class MinHashSigner(BatchStep):
+    """Adds ``_bands`` (the LSH band ids) for the rows still alive; run by :class:`NearDeduplicator`."""
+
+    name = "minhash"
+    output_fields = ((BANDS, "array<bigint>"),)
+    modifies_text = False
+
+    def __init__(self, params: MinHashParams):
+        self.minhash = params
+
+    def process(self, batch: TextBatch) -> None:
+        words = batch.words()
+        keys, doc = shingle_keys(words, batch.word_hashes(), self.minhash.ngram)
+        alive = batch.alive
+        keep = alive[doc]
+        sig, has = minhash_signatures(keys[keep], doc[keep], len(batch), self.minhash)
+        batch.set_column(BANDS, bands_array(band_ids(sig, self.minhash), has & alive))
+
+
+# --------------------------------------------------------------------------------------------
+# Verification: exact Jaccard of the shingle sets of pairs of texts
+# --------------------------------------------------------------------------------------------
+
+def _pair_keys(texts: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (pair, shingle) keys of the texts, keyed by pair index: ``(pair_of_key, key)``."""
+    words = split_words(texts)
+    keys, doc = shingle_keys(words, word_hashes(words), n)
+    with np.errstate(over="ignore"):
+        tagged = mix64(keys ^ mix64(doc.astype(np.uint64) + np.uint64(1)))
+    tagged, first = np.unique(tagged, return_index=True)
+    return doc[first], tagged
+
+
+def pair_jaccard(a: pa.Array, b: pa.Array, n: int) -> np.ndarray:
+    """Exact Jaccard similarity of the shingle sets of ``a[i]`` and ``b[i]``, for every i."""
+    pairs = len(a)
+    pa_, ka = _pair_keys(a, n)
+    pb, kb = _pair_keys(b, n)
+    size_a = np.bincount(pa_, minlength=pairs)
+    size_b = np.bincount(pb, minlength=pairs)
+    both = np.intersect1d(ka, kb, assume_unique=True)
+    inter = np.bincount(pa_[np.searchsorted(ka, both)], minlength=pairs)
+    union = size_a + size_b - inter
+    return np.divide(inter, union, out=np.zeros(pairs, dtype=np.float64), where=union > 0)
+
+
+def verify_function(ngram: int, threshold: float) -> Callable:
+    """``mapInArrow`` function over ``(a, b, a_text, b_text)`` batches, yielding ``(a, b, similarity)``
+    for the pairs at or above ``threshold``."""
+
+    def run(batches):
+        for rb in batches:
+            sim = pair_jaccard(rb.column("a_text"), rb.column("b_text"), ngram)
+            keep = pa.array(sim >= threshold)
+            yield pa.RecordBatch.from_arrays(
+                [rb.column("a").filter(keep), rb.column("b").filter(keep), pa.array(sim).filter(keep)],
+                names=["a", "b", SIMILARITY])
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Connected components in Spark
+# --------------------------------------------------------------------------------------------
+
+def connected_components(edges: "DataFrame", *, max_iterations: int = 64) -> tuple["DataFrame", int]:
+    """Label every node of the undirected graph ``edges(a, b)`` with the smallest node of its
+    connected component: ``(labels(node, label), iterations)``.
+
+    Min-label propagation with pointer jumping: each round a node takes the smallest of its own
+    label, its neighbours' labels and its label's label. Labels only decrease and always name a
+    node of the component, so at the fixpoint every component carries its minimum; pointer
+    jumping makes long chains converge in about log2(length) rounds. Deterministic: the result
+    does not depend on partitioning or order. Each round is checkpointed (its lineage cut).
+    """
+    from pyspark.sql import functions as F
+
+    both = edges.select(F.col("a").alias("src"), F.col("b").alias("dst")).unionByName(
+        edges.select(F.col("b").alias("src"), F.col("a").alias("dst"))).distinct().localCheckpoint()
+    labels = (both.groupBy(F.col("src").alias("node"))
+              .agg(F.least(F.min("dst"), F.col("node")).alias("label"))).localCheckpoint()
+    for iteration in range(1, max_iterations + 1):
+        neighbour = (both.join(labels.withColumnRenamed("node", "src"), "src")
+                     .select(F.col("dst").alias("node"), F.col("label").alias("candidate")))
+        jump = (labels.alias("l").join(labels.alias("m"), F.col("l.label") == F.col("m.node"))
+                .select(F.col("l.node").alias("node"), F.col("m.label").alias("candidate")))
+        own = labels.select("node", F.col("label").alias("candidate"))
+        new = (own.unionByName(neighbour).unionByName(jump)
+               .groupBy("node").agg(F.min("candidate").alias("label"))).localCheckpoint()
+        changed = (new.alias("n").join(labels.alias("o"), "node")
+                   .where(F.col("n.label") != F.col("o.label")).limit(1).count())
+        labels = new
+        if changed == 0:
+            return labels, iteration
+    raise RuntimeError(f"connected components did not converge in {max_iterations} rounds")
+
+
+# --------------------------------------------------------------------------------------------
+# The near-dedup step
+# --------------------------------------------------------------------------------------------
+
+def _timed(stats: dict[str, Any], what: str, action: Callable[[], Any]) -> Any:
+    """Run a Spark action, recording its seconds in ``stats["seconds"][what]``."""
+    import time
+
+    t0 = time.monotonic()
+    try:
+        return action()
+    finally:
+        stats.setdefault("seconds", {})[what] = round(time.monotonic() - t0, 2)
+
+
+@dataclass
+class PriorIndex:
+    """Text hashes and band ids of the rows of the other published partitions (read by
+    :mod:`lakeforge.curate.index`); ``texts`` returns ``(p_partition, p_id, p_text)`` for the rows of
+    the named partitions, for verifying cross-partition candidates."""
+
+    exact: "DataFrame | None"  # text_hash, p_id, p_cluster, p_partition
+    bands: "DataFrame | None"  # band, bucket, p_id, p_cluster, p_partition
+    texts: Callable[[list[str]], "DataFrame"]
+    versions: dict[str, str]  # partition path -> run id of the manifest read
+    rows: int  # rows over all segments
+
+
+@register_step
+class NearDeduplicator(Step):
+    """Drop near-duplicates (MinHash LSH, verified, clustered): see the module docstring.
+
+    Drops ``near_duplicate`` (another row of the partition is the cluster's representative;
+    ``duplicate_of`` names it, ``similarity`` is the row's best verified Jaccard) and
+    ``near_duplicate_cross_partition`` (a verified near-duplicate is curated in another partition).
+    Adds ``cluster_id``. With ``drop: false`` nothing is dropped: rows are only given their
+    cluster's id (a cross-partition match inherits the earlier cluster's id).
+    """
+
+    name = "near_dedup"
+    reasons = ("near_duplicate", "near_duplicate_cross_partition")
+    modifies_text = False
+
+    def __init__(self, threshold: float = 0.75, ngram: int = 5, num_perm: int = 128, bands: int | None = None,
+                 rows: int | None = None, seed: int = 1, verify: bool = True, drop: bool = True):
+        """Args:
+            threshold: Jaccard similarity of the shingle sets at or above which two texts are near-duplicates.
+            ngram: words per shingle.
+            num_perm: MinHash hash functions.
+            bands, rows: LSH banding (``bands * rows <= num_perm``); default from :func:`lsh_params`.
+            seed: seed of the hash functions (changing it invalidates the other partitions' index).
+            verify: check candidate pairs' exact Jaccard (off: every candidate pair counts, as datatrove).
+            drop: drop non-representatives (off: only annotate ``cluster_id``).
+        """
+        if not 0 < threshold <= 1:
+            raise ConfigError(f"near_dedup threshold must be within (0, 1], got {threshold}")
+        if bands is None or rows is None:
+            auto_bands, auto_rows = lsh_params(threshold, num_perm)
+            rows = rows or (auto_rows if bands is None else num_perm // bands)
+            bands = bands or num_perm // rows
+        self.threshold = float(threshold)
+        self.minhash = MinHashParams(ngram=int(ngram), num_perm=int(num_perm), bands=int(bands), rows=int(rows),
+                                     seed=int(seed))
+        self.verify = bool(verify)
+        self.drop = bool(drop)
+
+    def params(self):
+        return {"threshold": self.threshold, **self.minhash.to_dict(), "verify": self.verify, "drop": self.drop}
+
+    def candidate_probability(self, similarity: float) -> float:
+        """Probability that a pair at ``similarity`` shares a band."""
+        m = self.minhash
+        return 1 - (1 - similarity ** m.rows) ** m.bands
+
+    def prepare(self) -> BatchStep:
+        return MinHashSigner(self.minhash)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _verified(self, pairs: "DataFrame") -> "DataFrame":
+        """``pairs(a, b, a_text, b_text)`` -> ``(a, b, similarity)`` of the pairs at or above the threshold."""
+        from pyspark.sql import functions as F
+
+        if not self.verify:
+            return pairs.select("a", "b", F.lit(None).cast("double").alias(SIMILARITY))
+        return pairs.mapInArrow(verify_function(self.minhash.ngram, self.threshold),
+                                "a string, b string, similarity double")
+
+    def apply(self, df, context=None):
+        from pyspark.sql import functions as F
+
+        context = context or StepContext()
+        if HASH not in df.columns:
+            df = df.withColumn(HASH, text_hash(F.col(TEXT)))
+        df = context.persist(df)
+        stats: dict[str, Any] = {"params": self.params()}
+        docs = df.where(F.col(BANDS).isNotNull())
+        exploded = context.persist(docs.select("id", F.posexplode(BANDS).alias("band", "bucket")))
+        texts = df.select("id", TEXT)
+
+        # -- across partitions: candidates against the index of the other partitions, verified
+        cross = None
+        prior = getattr(context, "prior", None)
+        if prior is not None and prior.bands is not None:
+            candidates = (exploded.join(prior.bands, ["band", "bucket"])
+                          .select(F.col("id").alias("a"), "p_id", "p_cluster", "p_partition").distinct())
+            candidates = context.persist(candidates)
+            partitions = sorted(r["p_partition"] for r in candidates.select("p_partition").distinct().collect())
+            stats["cross_partition_candidates"] = _timed(stats, "cross_candidates", candidates.count)
+            if partitions:
+                ids = F.broadcast(candidates.select(F.col("a").alias("id")).distinct())
+                a_texts = texts.join(ids, "id").select(F.col("id").alias("a"), F.col(TEXT).alias("a_text"))
+                pairs = (candidates.join(a_texts, "a")
+                         .join(prior.texts(partitions).withColumnRenamed("p_text", "b_text"), ["p_partition", "p_id"])
+                         .withColumn("b", F.concat_ws("/", "p_partition", "p_id")))
+                verified = self._verified(pairs.select("a", "b", "a_text", "b_text"))
+                keys = candidates.select("a", F.concat_ws("/", "p_partition", "p_id").alias("b"), "p_id", "p_cluster")
+                cross = context.persist(
+                    verified.join(keys, ["a", "b"])
+                    .groupBy(F.col("a").alias("id"))
+                    .agg(F.min(F.struct("p_cluster", "p_id")).alias("m"), F.max(SIMILARITY).alias(SIMILARITY))
+                    .select("id", F.col("m.p_id").alias(DUPLICATE_OF), F.col("m.p_cluster").alias("prior_cluster"),
+                            SIMILARITY))
+                stats["cross_partition_matches"] = _timed(stats, "cross_matches", cross.count)
+            else:
+                stats["cross_partition_matches"] = 0
+
+        # -- within the partition: bucket edges (star + chain), verified, clustered
+        within = exploded
+        if cross is not None and self.drop:  # rows dropped as cross-partition duplicates form no clusters here
+            within = within.join(cross.select("id"), "id", "left_anti")
+        members = (within.groupBy("band", "bucket").agg(F.sort_array(F.collect_list("id")).alias("m"))
+                   .where(F.size("m") > 1))
+        pos = members.select("m", F.posexplode("m").alias("i", "id")).where(F.col("i") > 0)
+        edges = (pos.select(F.element_at("m", 1).alias("a"), F.col("id").alias("b"))
+                 .unionByName(pos.select(F.element_at("m", F.col("i")).alias("a"), F.col("id").alias("b")))
+                 .distinct())
+        edges = context.persist(edges)
+        stats["candidate_pairs"] = _timed(stats, "candidates", edges.count)
+        nodes = F.broadcast(edges.select(F.col("a").alias("id")).unionByName(edges.select(F.col("b").alias("id"))).distinct())
+        node_texts = texts.join(nodes, "id")
+        pairs = (edges.join(node_texts.select(F.col("id").alias("a"), F.col(TEXT).alias("a_text")), "a")
+                 .join(node_texts.select(F.col("id").alias("b"), F.col(TEXT).alias("b_text")), "b"))
+        verified = context.persist(self._verified(pairs.select("a", "b", "a_text", "b_text")))
+        stats["verified_pairs"] = _timed(stats, "verified", verified.count)
+        if stats["verified_pairs"]:
+            labels, stats["cc_iterations"] = _timed(stats, "components", lambda: connected_components(verified))
+            best = (verified.select(F.col("a").alias("node"), SIMILARITY)
+                    .unionByName(verified.select(F.col("b").alias("node"), SIMILARITY))
+                    .groupBy("node").agg(F.max(SIMILARITY).alias(SIMILARITY)))
+            labels = labels.join(best, "node")
+        else:
+            labels = df.sparkSession.createDataFrame([], "node string, label string, similarity double")
+            stats["cc_iterations"] = 0
+        labels = context.persist(labels)
+        sizes = labels.groupBy("label").count()
+        stats["clusters"] = {int(r["count"]): int(r["n"]) for r in
+                             sizes.groupBy("count").agg(F.count(F.lit(1)).alias("n")).collect()}
+        stats["rows_in_clusters"] = sum(size * n for size, n in stats["clusters"].items())
+        context.stats["near_dedup"] = stats
+
+        # -- assign: representative = smallest id; cluster id = its text hash
+        rep_hash = df.select(F.col("id").alias("_rep"), F.col(HASH).alias("_rep_hash"))
+        # the data has a `label` column of its own: the component label is `_rep` here
+        assigned = (df.join(labels.select(F.col("node").alias("id"), F.col("label").alias("_rep"), SIMILARITY), "id", "left")
+                    .join(rep_hash, "_rep", "left"))
+        if cross is not None:
+            assigned = assigned.join(cross.withColumnRenamed(SIMILARITY, "_cross_sim"), "id", "left")
+        else:
+            assigned = assigned.withColumns({DUPLICATE_OF: F.lit(None).cast("string"),
+                                             "prior_cluster": F.lit(None).cast("string"),
+                                             "_cross_sim": F.lit(None).cast("double")})
+        if self.drop:
+            cluster = F.coalesce("prior_cluster", "_rep_hash", HASH)
+            reason = (F.when(F.col("prior_cluster").isNotNull(), F.lit("near_duplicate_cross_partition"))
+                      .when(F.col("_rep").isNotNull() & (F.col("_rep") != F.col("id")), F.lit("near_duplicate")))
+        else:
+            # a cluster touching an earlier partition inherits that cluster's id (its smallest one)
+            inherited = (assigned.where(F.col("_rep").isNotNull() & F.col("prior_cluster").isNotNull())
+                         .groupBy("_rep").agg(F.min("prior_cluster").alias("_inherited")))
+            assigned = assigned.join(inherited, "_rep", "left")
+            cluster = F.coalesce("_inherited", "prior_cluster", "_rep_hash", HASH)
+            reason = F.lit(None).cast("string")
+        marked = (assigned
+                  .withColumn(CLUSTER, cluster)
+                  .withColumn(REASON, reason)
+                  .withColumn(DUPLICATE_OF, F.when(F.col(REASON) == "near_duplicate", F.col("_rep"))
+                              .otherwise(F.col(DUPLICATE_OF)))
+                  .withColumn(SIMILARITY, F.coalesce("_cross_sim", SIMILARITY)))
+        internal = ["_rep", "_rep_hash", "prior_cluster", "_cross_sim", "_inherited"]
+        marked = context.persist(marked.drop(*[c for c in internal if c in marked.columns]))
+        kept = marked.where(F.col(REASON).isNull()).drop(REASON, DUPLICATE_OF, SIMILARITY)
+        dropped = marked.where(F.col(REASON).isNotNull())
+        return kept, dropped
