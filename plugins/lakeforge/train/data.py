@@ -15,9 +15,11 @@ groups than shards) with their row count of the wanted split. :class:`LengthBuck
   batches are shuffled;
 * each batch is padded to its longest row, rounded up to ``pad_to_multiple_of`` (dynamic padding).
 
-Tokens: the ``input_ids`` column when the features carry it (the curation stage tokenizes with the
-model's fast tokenizer; rows longer than the profile's ``max_length`` are cut again on the profile's
-truncation side, keeping [CLS] and [SEP]), else the ``text`` column tokenized on the fly.
+Tokens: the ``input_ids`` column when the features carry it and it holds what the profile asks for
+(:func:`choose_token_source`: the features stage cut nothing, or cut at the profile's length or longer
+on the same side; rows longer than the profile's ``max_length`` are then cut again on that side,
+keeping [CLS] and [SEP]), else the ``text`` column tokenized on the fly — e.g. the gpu profile's 512
+tokens from features tokenized for the cpu profile's 128.
 
 Exact resume: the whole stream is a pure function of (plan, seed, shard), and the number of batches
 in an epoch follows from the plan's row counts alone. So a stream built with ``start_batch=n`` skips
@@ -57,6 +59,26 @@ class Unit:
     part: int  # stride offset
     parts: int  # stride
     rows: int  # rows of the split in this unit
+
+
+def choose_token_source(has_input_ids: bool, token_stats: dict | None, max_length: int,
+                        truncation_side: str) -> tuple[bool, str]:
+    """``(use input_ids?, why)`` for a profile, from the features manifest's ``stats["tokens"]``.
+
+    The stored ids serve a profile when re-cutting them gives what tokenizing the text would: no row
+    was truncated, or they were cut at ``max_length`` or longer on the same side. Unknown stats (no
+    manifest, older features) trust the column.
+    """
+    if not has_input_ids:
+        return False, "no input_ids column"
+    if not token_stats or "max_length" not in token_stats:
+        return True, "input_ids column (tokenization unrecorded)"
+    stored, side = int(token_stats["max_length"]), token_stats.get("truncation_side", truncation_side)
+    if not token_stats.get("truncated_share", 1.0):
+        return True, f"input_ids (none cut at {stored})"
+    if stored >= max_length and side == truncation_side:
+        return True, f"input_ids (cut at {stored} {side}, profile {max_length} {truncation_side})"
+    return False, f"text: input_ids were cut at {stored} {side}, the profile wants {max_length} {truncation_side}"
 
 
 def retruncate(ids: Sequence[int], max_length: int, side: str) -> list[int]:
@@ -99,21 +121,24 @@ def _split_mask(table: pa.Table, part: int, parts: int, split: str) -> np.ndarra
 class FeatureSource:
     """The Parquet files of one features partition, read through ``pyarrow.dataset`` (picklable)."""
 
-    def __init__(self, paths: Sequence[str], filesystem=None):
+    def __init__(self, paths: Sequence[str], filesystem=None, prefer_input_ids: bool = True):
         """
         Args:
             paths: files in manifest order (``bucket/key`` for S3, local paths for a local filesystem).
             filesystem: a pyarrow filesystem (the lake's S3FileSystem); None is the local disk.
+            prefer_input_ids: stream the ``input_ids`` column when there is one (else tokenize ``text``).
         """
         if not paths:
             raise DataQualityError("the features partition lists no files: nothing to train on")
         self.paths = list(paths)
         self.filesystem = filesystem
+        self.prefer_input_ids = prefer_input_ids
         self._fragments: list | None = None
         self._schema: pa.Schema | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers re-open the files themselves
-        return {"paths": self.paths, "filesystem": self.filesystem, "_fragments": None, "_schema": None}
+        return {"paths": self.paths, "filesystem": self.filesystem, "prefer_input_ids": self.prefer_input_ids,
+                "_fragments": None, "_schema": None}
 
     def _open(self) -> None:
         import pyarrow.dataset as ds
@@ -138,12 +163,16 @@ class FeatureSource:
     def has_input_ids(self) -> bool:
         return "input_ids" in self.schema.names
 
+    @property
+    def use_input_ids(self) -> bool:
+        return self.prefer_input_ids and self.has_input_ids
+
     def validate(self) -> None:
         """Fail at the door when required columns are missing."""
         names = self.schema.names
         missing = [c for c in REQUIRED_COLUMNS if c not in names]
-        if "text" not in names and "input_ids" not in names:
-            missing.append("text (or input_ids)")
+        if "text" not in names and not self.use_input_ids:
+            missing.append("text" if "input_ids" in names else "text (or input_ids)")
         if missing:
             raise DataQualityError(f"features lack columns {missing}; they have {names}")
 
@@ -215,7 +244,7 @@ class LengthBucketedStream(torch.utils.data.IterableDataset):
         self.num_labels = num_labels
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.vocab_size = len(tokenizer)
-        self.use_ids = source.has_input_ids
+        self.use_ids = source.use_input_ids
         self.columns = ["input_ids" if self.use_ids else "text", "label", "split"]
         if sum(u.rows for u in self.units) == 0:
             raise DataQualityError(f"no {split} rows in the features partition")

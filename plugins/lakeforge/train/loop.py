@@ -44,7 +44,7 @@ from lakeforge.errors import DataQualityError
 from lakeforge.train import checkpoint as ckpt
 from lakeforge.train import dist
 from lakeforge.train.config import TrainConfig, TrainResult
-from lakeforge.train.data import FeatureSource, LengthBucketedStream, loader
+from lakeforge.train.data import FeatureSource, LengthBucketedStream, choose_token_source, loader
 from lakeforge.train.model import build_model, head_parameters, resolve_base
 
 log = logging.getLogger(__name__)
@@ -129,20 +129,21 @@ def fingerprint(profile: TrainProfile, spec, data_refs: list[dict[str, str]]) ->
 
 
 def _open_data(config: TrainConfig, pipeline: PipelineConfig, partition: Partition, table, inputs, lake, tmp: Path):
-    """``(source, inputs, upstream, lake, data_refs)``: the features to stream, their lineage, their identity."""
+    """``(source, inputs, upstream, lake, data_refs, stats)``: the features to stream, their lineage and
+    identity, and the features manifest's stats (tokenization, the curation report)."""
     if table is not None:  # the caller's Arrow table (tests, benchmark): stream it from a local Parquet file
         import pyarrow.parquet as pq
 
         path = tmp / "features.parquet"
         pq.write_table(table, path, row_group_size=max(1, table.num_rows))
         refs = inputs or [{"path": "table", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}]
-        return FeatureSource([str(path)]), inputs, [], lake, refs
+        return FeatureSource([str(path)]), inputs, [], lake, refs, {}
     from lakeforge.lake import Lake
 
     lake = lake or Lake(Settings.load())
     manifest, ref = lake.read_input("features", pipeline.name, partition)
     source = FeatureSource([lake.arrow_path(f.path) for f in manifest.files], lake.fs)
-    return source, [ref], list(manifest.inputs), lake, [ref]
+    return source, [ref], list(manifest.inputs), lake, [ref], dict(manifest.stats or {})
 
 
 def _open_store(config: TrainConfig, pipeline: PipelineConfig, partition: Partition, lake):
@@ -195,7 +196,9 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
     log_interval = config.log_interval or (10 if device.type == "cuda" else 1)
 
     # -- data: the features manifest's files, streamed ---------------------------------------------------
-    source, inputs, upstream, lake, data_refs = _open_data(config, pipeline, partition, table, inputs, lake, tmp)
+    source, inputs, upstream, lake, data_refs, stats = _open_data(config, pipeline, partition, table, inputs, lake, tmp)
+    source.prefer_input_ids, token_source = choose_token_source(source.has_input_ids, stats.get("tokens"),
+                                                                profile.max_length, profile.truncation_side)
     store, key = _open_store(config, pipeline, partition, lake)
     if store is not None and config.resume:
         done = store.read_json(ckpt.DONE)
@@ -311,7 +314,8 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
                     "world_size": procs.world, "device": device.type, "bf16_autocast": bf16,
                     "torch_threads": torch.get_num_threads(), "base_dir": str(base),
                     "n_train": n_rows["train"], "n_validation": n_rows["validation"], "n_test": n_rows["test"],
-                    "token_source": "input_ids" if source.has_input_ids else "text", "run_key": key,
+                    "token_source": "input_ids" if source.use_input_ids else "text", "token_source_why": token_source,
+                    "run_key": key,
                     "num_parameters": sum(p.numel() for p in raw_model.parameters()),
                     "checkpoints": store.uri if store is not None else "none",
                 }))
@@ -476,7 +480,7 @@ def _run(config: TrainConfig, pipeline: PipelineConfig, procs: dist.Processes, t
                              resumed_from_step=resumed_from)
         if master:
             mlflow.log_metrics({k: v for k, v in metrics.items() if not (reused_val and k.startswith("val_"))}, step=step)
-            _log_artifacts(loop_state, confusion, spec.labels, lake, upstream)
+            _log_artifacts(loop_state, confusion, spec.labels, lake, upstream, stats.get("curate_report"))
             candidates = []
             if config.register_model:
                 version = _register_finetuned(raw_model, tokenizer, spec, profile, tags, mlflow_run_id)
@@ -527,7 +531,7 @@ def _params(config: TrainConfig, pipeline: PipelineConfig, profile: TrainProfile
                         "model": pipeline.model.model_dump(exclude={"cpu", "gpu"})}, extra)
 
 
-def _log_artifacts(loop_state: dict, confusion: dict, labels, lake, upstream) -> None:
+def _log_artifacts(loop_state: dict, confusion: dict, labels, lake, upstream, report: dict | None) -> None:
     from lakeforge.train import tracking
 
     try:
@@ -536,8 +540,8 @@ def _log_artifacts(loop_state: dict, confusion: dict, labels, lake, upstream) ->
             tracking.log_confusion(matrix, labels, split)
     except Exception as exc:  # plots are evidence, not results: a plotting failure must not fail training
         log.warning("could not plot the training curves / confusion matrices: %s", exc)
-    if lake is not None and upstream:
-        tracking.log_quality_report(lake, upstream)
+    if lake is not None and (report or upstream):
+        tracking.log_quality_report(lake, upstream, report)
 
 
 def _register_finetuned(model, tokenizer, spec, profile: TrainProfile, tags: dict, run_id: str) -> str:

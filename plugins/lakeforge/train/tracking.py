@@ -146,22 +146,25 @@ def log_curves(history: list[dict[str, float]], evals: list[dict[str, float]]) -
     mlflow.log_dict({"steps": history, "evals": evals}, "plots/training_curves.json")
 
 
-def log_quality_report(lake, upstream: list[dict[str, str]]) -> list[str]:
-    """Log the curation quality report (``stats["report"]`` of an upstream manifest) under ``quality_report/``.
+def log_quality_report(lake, upstream: list[dict[str, str]], report: dict | None = None) -> list[str]:
+    """Log the curation quality report under ``quality_report/`` of the active run.
 
-    The features manifest's ``inputs`` name the curated manifest; when that carries
-    ``stats["report"] = {"json": "s3://…", "html": "s3://…"}`` both files are copied into the run.
-    Absent reports, or unreadable ones, are logged and skipped: the report is evidence, not input.
+    The report is ``{"json": "s3://…", "html": "s3://…"}``: the features manifest carries the curated
+    manifest's as ``stats["curate_report"]`` (``report``); without it, the curated manifests the
+    features manifest's ``inputs`` name are read for their ``stats["report"]``. Absent or unreadable
+    reports are logged and skipped: the report is evidence, not input.
     """
     logged = []
-    for ref in upstream:
+    reports = [report] if report else []
+    for ref in upstream if not report else []:
         try:
             manifest, _ = lake.read_manifest_at(ref["path"])
         except Exception as exc:  # the upstream manifest may have been superseded since
             log.warning("cannot read upstream manifest %s for its quality report: %s", ref.get("path"), exc)
             continue
-        report = (manifest.stats or {}).get("report") or {}
-        for kind, uri in sorted(report.items()):
+        reports.append((manifest.stats or {}).get("report") or {})
+    for links in reports:
+        for kind, uri in sorted(links.items()):
             if not isinstance(uri, str):
                 continue
             try:

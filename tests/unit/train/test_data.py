@@ -184,3 +184,27 @@ def test_missing_columns_fail_at_the_door(tmp_path):
     pq.write_table(pa.table({"id": ["1"], "label": [1], "split": ["train"]}), tmp_path / "f.parquet")
     with pytest.raises(DataQualityError, match="text"):
         FeatureSource([str(tmp_path / "f.parquet")]).plan("train", 1)
+
+
+@pytest.mark.parametrize("stats,profile,use", [
+    (None, (128, "left"), True),  # tokenization unrecorded: trust the column
+    ({"max_length": 128, "truncation_side": "left", "truncated_share": 0.4}, (128, "left"), True),
+    ({"max_length": 512, "truncation_side": "left", "truncated_share": 0.1}, (128, "left"), True),  # cut again
+    ({"max_length": 128, "truncation_side": "left", "truncated_share": 0.4}, (512, "left"), False),  # gpu wants more
+    ({"max_length": 128, "truncation_side": "left", "truncated_share": 0.0}, (512, "left"), True),  # nothing was cut
+    ({"max_length": 512, "truncation_side": "right", "truncated_share": 0.2}, (128, "left"), False),  # other end kept
+])
+def test_stored_tokens_are_used_only_when_they_hold_what_the_profile_wants(stats, profile, use):
+    from lakeforge.train.data import choose_token_source
+
+    assert choose_token_source(True, stats, *profile)[0] is use
+    assert choose_token_source(False, stats, *profile)[0] is False
+
+
+def test_text_is_tokenized_when_the_stored_ids_are_too_short(tmp_path):
+    rows = [{"id": "1", "text": "y" * 30, "label": 1, "split": "train",
+             "input_ids": [1, 5, 2]}]  # ids cut short; the text is longer
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "f.parquet")
+    source = FeatureSource([str(tmp_path / "f.parquet")], prefer_input_ids=False)
+    (batch,) = list(stream(source, epochs=1))
+    assert int(batch["attention_mask"].sum()) == 32  # [CLS] + 30 characters + [SEP], from the text
