@@ -6,7 +6,7 @@ LF    := $(VENV)/bin/lakeforge
 # tests use their own state dir so they never touch a running demo's services
 TEST_HOME ?= $(CURDIR)/.lakeforge-test
 
-.PHONY: setup demo up down status test test-all test-unit lock bench bench-setup bench-curate clean
+.PHONY: setup demo up down status test test-all test-unit lock bench bench-train bench-setup bench-curate clean
 
 setup:            ## idempotent: venv from the lock file, JVM jars via Maven, prerequisite checks
 	@bash scripts/setup.sh
@@ -37,6 +37,9 @@ lock:             ## re-resolve requirements/lock.txt from requirements/requirem
 
 bench: setup
 	$(PY) bench/demo.py
+
+bench-train: setup  ## lakeforge's training loop beside HF Trainer (about 10 min on 2 cores)
+	$(PY) bench/train.py $(BENCH_ARGS)
 
 bench-setup: setup   ## benchmark-only packages (datatrove + spaCy), pinned apart from the main lock
 	python3 -m uv pip install -q --python $(PY) -r requirements/bench-lock.txt

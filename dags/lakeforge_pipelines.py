@@ -16,7 +16,8 @@ from airflow.sdk import DAG, Asset, Param, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from lakeforge.config import REPO_ROOT, all_pipelines
-from lakeforge.operators import LakeSparkSubmitOperator, land_events, late_partitions, partition_complete, promote_model
+from lakeforge.operators import (LakeSparkSubmitOperator, land_events, late_partitions, partition_complete,
+                                 promote_model, train_command)
 
 PARTITION = "{{ ti.xcom_pull(task_ids='land_events')['partition'] }}"
 
@@ -31,8 +32,14 @@ stamped at or after the interval's end + {lateness}s allowed lateness; times out
 bad records to `quarantine/` with a reason) -> `curate_partition` (Spark: {steps}; drops counted per reason,
 dropped rows kept under the run's `_excluded/`, duplicates of any other curated partition dropped too) ->
 `build_features` (Spark: labels, fast-tokenizer `input_ids`, train/validation/test split by near-duplicate
-cluster) -> `train_model` (`torchrun jobs/train.py`, pool `gpu`, logs to
-MLflow and registers `{model}`) -> `promote_model` (gate vs. the `champion` alias on the test split).
+cluster) -> `train_model` (`torchrun jobs/train.py`, pool `gpu`: streams the features from the lake, fine-tunes,
+logs to MLflow and registers `{model}`, plus a TF-IDF baseline as a second candidate) -> `promote_model` (gates
+each candidate vs. the `champion` alias on the test split).
+
+**Training retries resume:** `train_model` writes a checkpoint to `s3://<lake>/checkpoints/{name}/dt=…/<dag_id>/<run_id>/`
+every few steps (model, optimizer, scheduler, RNG states, data position). A retry of the task (after a crash,
+an OOM kill, a lost worker) continues from the last one and the same MLflow run, with the same result as an
+uninterrupted run; a retry after success returns the recorded result. A new DAG run starts fresh.
 
 **Partition:** scheduled runs use the data interval (`dt=YYYY-MM-DD`). Manual runs have no interval: set
 the `partition` Param (e.g. yesterday's date). Backfill: `airflow backfill create --dag-id {name}
@@ -120,11 +127,7 @@ for pipeline in all_pipelines():
         if "train" in pipeline.stages:
             stages["train"] = BashOperator(
                 task_id="train_model", pool="gpu", queue="gpu",  # queue: the GPU worker under CeleryExecutor
-                bash_command=(
-                    f"torchrun --standalone --nproc_per_node=1 {REPO_ROOT / 'jobs' / 'train.py'} "
-                    f"--pipeline {pipeline.name} --partition {PARTITION} "
-                    "{% if params.max_steps %}--max-steps {{ params.max_steps }}{% endif %}"
-                ),
+                bash_command=train_command(pipeline.name, PARTITION),
                 cwd=str(REPO_ROOT), execution_timeout=timedelta(hours=6),
             )
             stages["promote"] = PythonOperator(

@@ -135,21 +135,32 @@ class StepSpec(BaseModel):
 
 
 class TrainProfile(BaseModel):
-    """Hyper-parameters for one hardware profile (cpu demo or gpu)."""
+    """Hyper-parameters for one hardware profile (cpu demo or gpu); see lakeforge.train for the why."""
 
     model_config = ConfigDict(frozen=True)
-    max_steps: int = 30  # optimizer steps
-    batch_size: int = 16  # per-process micro batch
-    grad_accum: int = 1  # micro batches per optimizer step
-    lr: float = 5e-5  # peak learning rate (AdamW)
-    warmup_ratio: float = 0.1  # share of steps with linear warmup
-    weight_decay: float = 0.01  # AdamW weight decay
-    max_length: int = 128  # tokens per text (truncation)
-    eval_batch_size: int = 64  # batch for evaluation
-    bf16: bool = False  # bf16 autocast (GPU only)
-    seed: int = 42  # RNG seed
+    max_steps: int = Field(default=30, ge=1)  # optimizer steps (the upper bound: early stopping may end sooner)
+    batch_size: int = Field(default=16, ge=1)  # per-process micro batch
+    grad_accum: int = Field(default=1, ge=1)  # micro batches per optimizer step
+    lr: float = Field(default=5e-5, gt=0)  # peak learning rate (AdamW) of the encoder
+    lr_schedule: Literal["linear", "cosine"] = "linear"  # decay after the warmup, to 0 at max_steps
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)  # share of steps with linear warmup
+    weight_decay: float = 0.01  # AdamW weight decay (not on biases and LayerNorm weights)
+    grad_clip: float = Field(default=1.0, ge=0)  # clip the global gradient norm to this (0: no clipping)
+    max_length: int = Field(default=128, ge=8)  # tokens per text (truncation)
+    eval_batch_size: int = Field(default=64, ge=1)  # batch for evaluation
+    bf16: bool = False  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on CPUs with native bf16 matmuls (AMX / AVX512-BF16); else fp32
+    compile: bool = False  # torch.compile the model (dynamic shapes); pays a compile once per process
+    seed: int = 42  # RNG seed (head init, dropout, data order)
     head_lr_scale: float = 20.0  # the new classification head learns at this multiple of lr
     truncation_side: Literal["left", "right"] = "left"  # cut long texts' start (a review's verdict closes it)
+    bucket_batches: int = Field(default=32, ge=1)  # length bucketing: sort this many batches' rows by length
+    pad_to_multiple_of: int = Field(default=8, ge=1)  # pad each batch to a multiple of this (kernel-friendly)
+    num_workers: int = Field(default=0, ge=0)  # DataLoader worker processes per rank (tokenizing, reading)
+    eval_interval: int = Field(default=0, ge=0)  # validate every N steps (0: only at the end)
+    early_stopping_patience: int = Field(default=0, ge=0)  # stop after N validations without a better val_loss (0: off)
+    early_stopping_min_delta: float = Field(default=0.0, ge=0)  # val_loss must drop by more than this to count
+    checkpoint_interval: int = Field(default=50, ge=0)  # resumable checkpoint to S3 every N steps (0: never)
 
 
 class IngestSpec(BaseModel):
@@ -210,6 +221,8 @@ class ModelSpec(BaseModel):
     labels: list[str] = Field(default_factory=lambda: ["negative", "positive"])  # id -> label
     cpu: TrainProfile = Field(default_factory=TrainProfile)  # used without a GPU
     gpu: TrainProfile = Field(default_factory=lambda: TrainProfile(max_steps=2000, batch_size=64, bf16=True))
+    pooling: Literal["mean", "cls"] = "mean"  # sentence vector under the head: masked mean, or BERT's [CLS] pooler
+    baseline: bool = True  # also train the TF-IDF + logistic-regression baseline and register it as a candidate
     min_accuracy: float = 0.0  # gate: a candidate below this is never promoted
 
 

@@ -73,21 +73,26 @@ class DemoResult:
     timings: dict = field(default_factory=dict)
 
 
-def wait_for_champion(serve_url: str, min_version: int | None, timeout: float = 300, check=None) -> dict:
+def wait_for_champion(serve_url: str, version: str | int | None, timeout: float = 300, check=None) -> dict:
+    """Wait until the model server serves ``version`` (None: any version).
+
+    Exact, not "at least": the gate may crown several candidates in turn (the baseline, then the
+    fine-tune registered before it), so the champion's version number can go down.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             resp = httpx.get(f"{serve_url}/v1/model", timeout=5)
             if resp.status_code == 200:
                 info = resp.json()
-                if min_version is None or int(info.get("version", 0)) >= min_version:
+                if version is None or str(info.get("version")) == str(version):
                     return info
         except httpx.HTTPError:
             pass
         if check:
             check()
         time.sleep(2)
-    raise LakeforgeError(f"the model server at {serve_url} did not load a champion within {timeout:.0f}s")
+    raise LakeforgeError(f"the model server at {serve_url} did not load champion version {version} within {timeout:.0f}s")
 
 
 def run_demo(pipeline_name: str = "movie_reviews", records: int = 6000, days: int = 3, max_steps: int | None = None,
@@ -133,9 +138,12 @@ def run_demo(pipeline_name: str = "movie_reviews", records: int = 6000, days: in
             logs = "\n".join(af.task_log(dag_id, run_id, t)[-3000:] for t in failed[:1])
             raise LakeforgeError(f"DAG run {run_id} ended {state}; failed tasks {failed}\n{logs}")
 
-        say("[4/5] waiting for the model server to load the champion")
+        from lakeforge.registry import champion_version, mlflow_client
+
+        champion = champion_version(mlflow_client(settings.require("mlflow_uri")), pipeline.model.registered_name)
+        say(f"[4/5] waiting for the model server to load the champion (version {champion})")
         serve_url = settings.require("serve_url")
-        info = wait_for_champion(serve_url, None, check=sup.check_alive)
+        info = wait_for_champion(serve_url, champion, check=sup.check_alive)
         say(f"      serving {info.get('name')} version {info.get('version')}")
 
         say("[5/5] asking for a prediction")

@@ -8,6 +8,7 @@ Layout (inside the lake bucket)::
                                                                         _index, _excluded), listed in its manifest
     quarantine/<pipeline>/dt=…/run=<run_id>/part-*.parquet              rejected records + reason
     reports/<pipeline>/dt=…/run=<run_id>/<name>                         a run's reports (kept after reruns)
+    checkpoints/<pipeline>/dt=…/<run_key>/…                             a training run's checkpoints
 
 Publish protocol: a writer puts its files under its own ``run=<run_id>/`` prefix, then writes
 ``_MANIFEST.json`` (one atomic S3 PUT) listing them with sizes, checksums and row counts. Readers
@@ -33,7 +34,7 @@ from lakeforge.errors import ManifestError
 
 log = logging.getLogger(__name__)
 
-Layer = Literal["raw", "curated", "features", "quarantine", "reports"]
+Layer = Literal["raw", "curated", "features", "quarantine", "reports", "checkpoints"]
 MANIFEST_NAME = "_MANIFEST.json"
 
 
@@ -117,6 +118,10 @@ class Lake:
     def report_key(self, pipeline: str, partition: Partition, run_id: str, name: str) -> str:
         """Key of a report file of one run (reports outlive reruns: they are the runs' record)."""
         return f"{self.run_key('reports', pipeline, partition, run_id)}/{name}"
+
+    def checkpoint_key(self, pipeline: str, partition: Partition, run_key: str) -> str:
+        """Prefix of one training run's checkpoints; ``run_key`` names the run (Airflow dag/run id)."""
+        return f"{self.partition_key('checkpoints', pipeline, partition)}/{run_key}"
 
     def uri(self, key: str, scheme: str = "s3") -> str:
         """``s3://bucket/key`` (or ``s3a://`` for Spark)."""
@@ -204,6 +209,16 @@ class Lake:
     def read_input(self, layer: Layer, pipeline: str, partition: Partition) -> tuple[Manifest, dict[str, str]]:
         """A manifest and its lineage ref ``{path, sha256}``, from one fetch (what a stage reads)."""
         uri, body = self.manifest_bytes(layer, pipeline, partition)
+        return Manifest.model_validate_json(body), {"path": uri, "sha256": hashlib.sha256(body).hexdigest()}
+
+    def read_bytes(self, uri: str) -> bytes:
+        """Bytes of one lake object, by URI (``s3://bucket/key``)."""
+        with self.fs.open_input_stream(self.arrow_path(uri)) as f:
+            return f.read()
+
+    def read_manifest_at(self, uri: str) -> tuple[Manifest, dict[str, str]]:
+        """The manifest at ``uri`` (e.g. an ``inputs`` entry of another manifest) and its ref."""
+        body = self.read_bytes(uri)
         return Manifest.model_validate_json(body), {"path": uri, "sha256": hashlib.sha256(body).hexdigest()}
 
     def read_manifest(self, layer: Layer, pipeline: str, partition: Partition) -> Manifest:

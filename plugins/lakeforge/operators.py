@@ -131,10 +131,59 @@ def late_partitions(landed: dict) -> list[dict]:
     return [{"partition": p, "force_complete": True} for p in sorted(landed.get("late_partitions") or {})]
 
 
-def promote_model(pipeline_name: str, train_summary: str | dict, **context: Any) -> dict:
-    """Task body: gate the trained version against the champion on the partition's test split."""
+def train_command(pipeline_name: str, partition: str) -> str:
+    """The ``train_model`` task's bash command (a Jinja template): torchrun over ``jobs/train.py``.
+
+    * one process per visible GPU (``nvidia-smi``), else one CPU process;
+    * ``exec``: bash becomes the launcher, so Airflow's kill (SIGTERM to the process group) reaches
+      torchrun, which forwards it to its workers;
+    * ``setpriv --pdeathsig TERM``: torchrun gets SIGTERM when its parent, the Airflow task process,
+      dies even by ``kill -9``; the workers in turn die with torchrun (``PR_SET_PDEATHSIG`` in
+      ``jobs/train.py``). No orphan keeps training beside the retry;
+    * ``--max-restarts=0``: a crashed worker fails the task; Airflow's retry resumes from the last
+      checkpoint of the same DAG run (keyed by dag_id/run_id, which torchrun's workers inherit from
+      the task's ``AIRFLOW_CTX_*`` environment).
+    """
+    from lakeforge.config import REPO_ROOT
+
+    return (
+        "NPROC=$(nvidia-smi --list-gpus 2>/dev/null | grep -c '^GPU' || true); "
+        '[ "${NPROC:-0}" -gt 0 ] || NPROC=1; '
+        'PDEATH=""; command -v setpriv >/dev/null && PDEATH="setpriv --pdeathsig TERM"; '
+        "exec $PDEATH torchrun --standalone --nproc-per-node=$NPROC --max-restarts=0 "
+        f"{REPO_ROOT / 'jobs' / 'train.py'} --pipeline {pipeline_name} --partition {partition} "
+        "{% if params.max_steps %}--max-steps {{ params.max_steps }}{% endif %}"
+    )
+
+
+def _train_summary(train_summary: str | dict | None, pipeline: PipelineConfig, context: Any) -> dict:
+    """The training task's summary: its XCom (last stdout line), else the run's DONE.json in the lake."""
     import json
 
+    if isinstance(train_summary, dict):
+        return train_summary
+    try:
+        summary = json.loads(train_summary or "")
+        if isinstance(summary, dict) and summary.get("version"):
+            return summary
+    except json.JSONDecodeError:
+        pass
+    from lakeforge.lake import Lake
+    from lakeforge.train.checkpoint import read_done
+
+    part = partition_of(context, pipeline)
+    done = read_done(Lake(), pipeline.name, part, context["dag"].dag_id, context["run_id"])
+    if not done:
+        from lakeforge.errors import LakeforgeError
+
+        raise LakeforgeError(f"train_model left no summary (XCom {str(train_summary)[:200]!r}) and no DONE.json "
+                             f"for {context['run_id']}: rerun train_model")
+    return {**done, "partition": part.path}
+
+
+def promote_model(pipeline_name: str, train_summary: str | dict, **context: Any) -> dict:
+    """Task body: gate each candidate the training registered (the TF-IDF baseline, then the fine-tune)
+    against the champion on the partition's test split; the alias ends on the best of them."""
     import pyarrow.compute as pc
 
     from lakeforge.config import Settings
@@ -142,12 +191,16 @@ def promote_model(pipeline_name: str, train_summary: str | dict, **context: Any)
     from lakeforge.registry import ModelPromoter
 
     pipeline = PipelineConfig.load(pipeline_name)
-    summary = json.loads(train_summary) if isinstance(train_summary, str) else train_summary
+    summary = _train_summary(train_summary, pipeline, context)
     settings = Settings.load()
     lake = Lake(settings)
     part = Partition.parse(summary["partition"], pipeline.partition) if summary.get("partition") else partition_of(context, pipeline)
-    table = lake.read_table(lake.read_manifest("features", pipeline.name, part))
+    table = lake.read_table(lake.read_manifest("features", pipeline.name, part), columns=["text", "label", "split"])
     test = table.filter(pc.equal(table["split"], "test"))
     promoter = ModelPromoter(settings.require("mlflow_uri"), pipeline.model.registered_name, pipeline.model.min_accuracy)
-    decision = promoter.promote(str(summary["version"]), test)
-    return decision.__dict__ if hasattr(decision, "__dict__") else dict(decision)
+    candidates = summary.get("candidates") or [{"kind": "finetuned", "version": summary["version"]}]
+    decisions = []
+    for cand in candidates:  # ties go to the later candidate: the fine-tune is last
+        decisions.append({"kind": cand.get("kind", "finetuned"), **promoter.promote(str(cand["version"]), test).as_dict()})
+    return {"decisions": decisions, "champion": next((d["candidate_version"] for d in reversed(decisions) if d["promoted"]),
+                                                     decisions[-1]["champion_version_before"] if decisions else None)}

@@ -69,6 +69,12 @@ def make_local_lake(root):
     return LocalLake(root)
 
 
+@pytest.fixture(scope="session")
+def make_lake():
+    """``make_lake(root)``: :func:`make_local_lake` for module-scoped fixtures (conftest is not importable)."""
+    return make_local_lake
+
+
 @pytest.fixture
 def local_lake(tmp_path):
     """A lake on local disk under ``tmp_path`` (see :func:`make_local_lake`)."""

@@ -49,7 +49,12 @@ def test_one_dag_per_pipeline(dagbag, pipeline):
     sensor = dag.get_task("wait_for_partition")
     assert sensor.mode == "reschedule" and sensor.timeout > 0
     if "train" in PipelineConfig.load(pipeline).stages:
-        assert dag.get_task("train_model").pool == "gpu"
+        train = dag.get_task("train_model")
+        assert train.pool == "gpu"
+        # torchrun replaces the shell and dies with the task; a crashed worker fails the try (Airflow retries)
+        assert "exec $PDEATH torchrun" in train.bash_command and "--max-restarts=0" in train.bash_command
+        assert "setpriv --pdeathsig TERM" in train.bash_command and "jobs/train.py" in train.bash_command
+        assert "resume" in dag.doc_md.lower()
     assert {"partition", "force_complete"} <= set(dag.params) and dag.doc_md and "Backfill" in dag.doc_md
     assert dag.max_active_runs == 1 and not dag.catchup
     for t in dag.tasks:

@@ -1,0 +1,181 @@
+"""What a training run writes to MLflow besides its metrics: params, lineage, plots, models.
+
+Only rank 0 calls these. Plots use matplotlib's Agg backend (no display). The model is logged as
+the lakeforge pyfunc (text in, ``label``/``score`` out) with an explicit signature and input
+example, and registered as a new version of the pipeline's registered model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import mlflow
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+INPUT_EXAMPLE = pd.DataFrame({"text": ["A moving, beautifully acted film.", "Dull, predictable and far too long."]})
+
+
+def flat_params(prefixed: dict[str, dict[str, Any]], extra: dict[str, Any]) -> dict[str, str]:
+    """``{"profile": {...}, "model": {...}}`` -> ``{"profile.lr": "1e-4", …}`` plus ``extra``; values as text."""
+    params: dict[str, Any] = {}
+    for prefix, values in prefixed.items():
+        params.update({f"{prefix}.{k}" if prefix else k: v for k, v in values.items()})
+    params.update(extra)
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
+
+
+def signature():
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]),  # unnamed: a DataFrame `text` column or a list of strings
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
+    )
+
+
+def existing_version(name: str, run_id: str, kind: str) -> str | None:
+    """A version of ``name`` already registered from MLflow run ``run_id`` (a retry must not add another)."""
+    client = mlflow.MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    found = [v for v in versions if (v.tags or {}).get("lakeforge.candidate", kind) == kind]
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
+    return str(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
+def log_finetuned(model, tokenizer, *, name: str, labels: Sequence[str], max_length: int,
+                  tags: dict[str, str], run_id: str) -> str:
+    """Save model + tokenizer, log them as the pyfunc of the active run, register a version (once per run)."""
+    import torch
+    import transformers
+
+    from lakeforge.train.model import TextClassifierPyfunc
+
+    done = existing_version(name, run_id, "finetuned")
+    if done:
+        log.info("%s v%s was already registered from run %s (an earlier try): reusing it", name, done, run_id)
+        return done
+    with tempfile.TemporaryDirectory(prefix="lakeforge-tokenizer-") as tok_dir:
+        tokenizer.save_pretrained(tok_dir)  # also on its own: the run's tokenizer/ artifact
+        mlflow.log_artifacts(tok_dir, "tokenizer")
+    with tempfile.TemporaryDirectory(prefix="lakeforge-model-") as tmp:
+        model.save_pretrained(tmp)  # safetensors + config.json (model type -> the Auto class)
+        tokenizer.save_pretrained(tmp)  # keeps truncation_side: the server cuts texts like training did
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TextClassifierPyfunc(),
+            artifacts={"hf_model": tmp},
+            signature=signature(),
+            input_example=INPUT_EXAMPLE,
+            model_config={"max_length": max_length},
+            metadata={"lakeforge.labels": list(labels)},
+            # explicit requirements: inferring them would load the model once more in a subprocess
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"transformers=={transformers.__version__}",
+                              f"mlflow=={mlflow.__version__}", "pandas", "lakeforge"],
+        )
+    return register(info.model_uri, name, {**tags, "lakeforge.candidate": "finetuned"})
+
+
+def log_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], split: str) -> None:
+    """The confusion matrix of ``split`` as a PNG plot and as JSON, under ``plots/``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max((max(r) for r in confusion), default=0)
+    for i, row in enumerate(confusion):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
+    ax.set_title(f"confusion matrix ({split})")
+    fig.tight_layout()
+    mlflow.log_figure(fig, f"plots/confusion_matrix_{split}.png")
+    plt.close(fig)
+    mlflow.log_dict({"labels": list(labels), "matrix": [list(map(int, r)) for r in confusion]},
+                    f"plots/confusion_matrix_{split}.json")
+
+
+def log_curves(history: list[dict[str, float]], evals: list[dict[str, float]]) -> None:
+    """Training curves (loss, learning rate, tokens/s, validation) as one PNG under ``plots/``."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(steps, [h["loss"] for h in history], label="train loss", lw=1)
+    if evals:
+        axes[0].plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o-", label="val loss")
+        ax2 = axes[0].twinx()
+        ax2.plot([e["step"] for e in evals], [e["val_accuracy"] for e in evals], "s--", color="tab:green",
+                 label="val accuracy")
+        ax2.set_ylabel("val accuracy")
+    axes[0].set_xlabel("step")
+    axes[0].legend(loc="upper right")
+    axes[1].plot(steps, [h["lr"] for h in history])
+    axes[1].set_title("learning rate")
+    axes[1].set_xlabel("step")
+    axes[2].plot(steps, [h["tokens_per_s"] for h in history])
+    axes[2].set_title("tokens/s")
+    axes[2].set_xlabel("step")
+    fig.tight_layout()
+    mlflow.log_figure(fig, "plots/training_curves.png")
+    plt.close(fig)
+    mlflow.log_dict({"steps": history, "evals": evals}, "plots/training_curves.json")
+
+
+def log_quality_report(lake, upstream: list[dict[str, str]], report: dict | None = None) -> list[str]:
+    """Log the curation quality report under ``quality_report/`` of the active run.
+
+    The report is ``{"json": "s3://…", "html": "s3://…"}``: the features manifest carries the curated
+    manifest's as ``stats["curate_report"]`` (``report``); without it, the curated manifests the
+    features manifest's ``inputs`` name are read for their ``stats["report"]``. Absent or unreadable
+    reports are logged and skipped: the report is evidence, not input.
+    """
+    logged = []
+    reports = [report] if report else []
+    for ref in upstream if not report else []:
+        try:
+            manifest, _ = lake.read_manifest_at(ref["path"])
+        except Exception as exc:  # the upstream manifest may have been superseded since
+            log.warning("cannot read upstream manifest %s for its quality report: %s", ref.get("path"), exc)
+            continue
+        reports.append((manifest.stats or {}).get("report") or {})
+    for links in reports:
+        for kind, uri in sorted(links.items()):
+            if not isinstance(uri, str):
+                continue
+            try:
+                data = lake.read_bytes(uri)
+            except Exception as exc:
+                log.warning("quality report %s (%s) unreadable: %s", uri, kind, exc)
+                continue
+            name = uri.rsplit("/", 1)[-1] or f"report.{kind}"
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / name
+                path.write_bytes(data)
+                mlflow.log_artifact(str(path), "quality_report")
+            logged.append(uri)
+    return logged
