@@ -11,13 +11,21 @@ import pytest
 
 @pytest.fixture(scope="session")
 def spark():
-    """A plain local SparkSession (no S3): one core, no UI, 2 shuffle partitions, UTC."""
+    """A plain local SparkSession: one core, no UI, 2 shuffle partitions, UTC (no S3 settings; the
+    s3a jars are on its class path because a JVM's class path is fixed at its start)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder
+    try:  # the s3a jars on the class path: integration tests later in this session reuse this JVM for s3a://
+        from lakeforge.spark import _s3a_jar_paths
+
+        builder = builder.config("spark.driver.extraClassPath", os.pathsep.join(_s3a_jar_paths()))
+    except Exception:  # jars not resolved (no `make setup`): unit tests need none
+        pass
     session = (
-        SparkSession.builder.master("local[1]")
+        builder.master("local[1]")
         .appName("lakeforge-unit-tests")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")

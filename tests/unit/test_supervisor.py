@@ -169,3 +169,25 @@ def test_chosen_ports_stay_out_of_the_ephemeral_range():
     low, high = _ephemeral_range()
     for _ in range(20):
         assert not low <= free_port() <= high
+
+
+def test_a_running_service_is_restarted_when_its_settings_changed(state, tmp_path):
+    """A scheduler started before the API moved port must not keep calling the old one."""
+    ok = tmp_path / "ok"
+    ok.touch()
+    argv = ["sh", "-c", "sleep 60"]
+    svc = ShellService(name="sched", state=state, argv=argv, env={"API": "http://127.0.0.1:8080"}, healthy_file=str(ok))
+    svc.start()
+    first = svc.pid()
+    try:
+        ShellService(name="sched", state=state, argv=argv, env={"API": "http://127.0.0.1:8080"},
+                     healthy_file=str(ok)).start()
+        assert svc.pid() == first  # same settings: kept
+        moved = ShellService(name="sched", state=state, argv=argv, env={"API": "http://127.0.0.1:18080"},
+                             healthy_file=str(ok))
+        moved.start()
+        assert moved.pid() not in (None, first)
+        old_gone = not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+        assert old_gone
+    finally:
+        svc.stop()

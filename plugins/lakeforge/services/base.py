@@ -191,6 +191,18 @@ class ProcessService:
     def pid_path(self) -> Path:
         return self.state.run / f"{self.name}.pid"
 
+    @property
+    def fingerprint_path(self) -> Path:
+        return self.state.run / f"{self.name}.settings"
+
+    def fingerprint(self) -> str:
+        """A digest of what the process is started with (its command and its own environment, PATH
+        aside): a running process whose digest differs is restarted by :meth:`start`."""
+        import hashlib
+
+        env = {k: v for k, v in sorted(self.env.items()) if k != "PATH"}
+        return hashlib.sha256(json.dumps([list(map(str, self.argv)), env]).encode()).hexdigest()
+
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_path.read_text().strip())
@@ -217,8 +229,14 @@ class ProcessService:
     def start(self) -> None:
         """Start the process (if not running) and wait until healthy; raise with the log tail if not."""
         if self.running() and self.healthy():
-            log.info("%s already running (pid %s)", self.name, self.pid())
-            return
+            stored = self.fingerprint_path.read_text() if self.fingerprint_path.exists() else None
+            if stored in (None, self.fingerprint()):
+                log.info("%s already running (pid %s)", self.name, self.pid())
+                return
+            # e.g. the Airflow API moved to another port: a scheduler started before would keep
+            # calling the old one, so every task would fail to reach it
+            log.info("%s runs with other settings than it would start with now: restarting it", self.name)
+            self.stop()
         if self.running():
             # a previous start that never became healthy: replace it
             self.stop()
@@ -238,6 +256,7 @@ class ProcessService:
             )
         self.pid_path.write_text(str(proc.pid))
         self.wait_healthy(proc)
+        self.fingerprint_path.write_text(self.fingerprint())
 
     def wait_healthy(self, proc: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -305,6 +324,7 @@ class ProcessService:
             return
         stop_process_group(pid, timeout)
         self.pid_path.unlink(missing_ok=True)
+        self.fingerprint_path.unlink(missing_ok=True)
         log.info("%s stopped", self.name)
 
 
