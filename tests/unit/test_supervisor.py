@@ -191,3 +191,24 @@ def test_a_running_service_is_restarted_when_its_settings_changed(state, tmp_pat
         assert old_gone
     finally:
         svc.stop()
+
+
+@dataclass
+class PreparedService(ShellService):
+    """Fills its command in prepare(), as the S3 and MLflow services do."""
+
+    def prepare(self) -> None:
+        self.argv = ["sh", "-c", "sleep 60"]
+
+
+def test_a_service_whose_prepare_fills_its_command_is_kept_by_a_second_start(state, tmp_path):
+    ok = tmp_path / "ok"
+    ok.touch()
+    svc = PreparedService(name="prep", state=state, healthy_file=str(ok))
+    svc.start()
+    first = svc.pid()
+    try:
+        PreparedService(name="prep", state=state, healthy_file=str(ok)).start()
+        assert svc.pid() == first
+    finally:
+        svc.stop()

@@ -228,9 +228,12 @@ class ProcessService:
 
     def start(self) -> None:
         """Start the process (if not running) and wait until healthy; raise with the log tail if not."""
+        # taken before prepare(), which may fill in argv/env: compared with what a later start() of a
+        # freshly built service computes at the same point
+        fingerprint = self.fingerprint()
         if self.running() and self.healthy():
             stored = self.fingerprint_path.read_text() if self.fingerprint_path.exists() else None
-            if stored in (None, self.fingerprint()):
+            if stored in (None, fingerprint):
                 log.info("%s already running (pid %s)", self.name, self.pid())
                 return
             # e.g. the Airflow API moved to another port: a scheduler started before would keep
@@ -256,7 +259,7 @@ class ProcessService:
             )
         self.pid_path.write_text(str(proc.pid))
         self.wait_healthy(proc)
-        self.fingerprint_path.write_text(self.fingerprint())
+        self.fingerprint_path.write_text(fingerprint)
 
     def wait_healthy(self, proc: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + self.start_timeout
