@@ -100,6 +100,7 @@ def test_backfill_on_s3_and_the_spark_submit_entry_point(settings, pipeline):
     assert table.column("id").to_pylist() == ["c2"] and table.column("input_ids").to_pylist()[0][0] == 101
 
 
+@pytest.mark.slow  # (45 s) the exit status mapping is a unit test; this is spark-submit passing it on
 def test_gate_failure_exits_3_through_spark_submit(settings, pipeline, tmp_path):
     from lakeforge.spark import submit_kwargs
 

@@ -89,10 +89,9 @@ def local_lake(tmp_path):
     return make_local_lake(tmp_path / "lake")
 
 
-@pytest.fixture
-def publish_raw(local_lake):
-    """Write raw rows (dicts following the raw contract) as one Parquet file and publish their
-    manifest; returns the Partition. ``rows=[]`` publishes an empty partition (no files)."""
+def write_raw(lake, rows, partition="2026-11-23", pipeline="movie_reviews"):
+    """Write raw rows (dicts following the raw contract) as one Parquet file into ``lake`` and publish
+    their manifest; returns the Partition. ``rows=[]`` publishes an empty partition (no files)."""
     from datetime import datetime, timezone
 
     import pyarrow as pa
@@ -105,43 +104,66 @@ def publish_raw(local_lake):
                         ("source", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")),
                         ("kafka_topic", pa.string()), ("kafka_partition", pa.int32()),
                         ("kafka_offset", pa.int64())])
+    part = Partition.parse(partition)
+    files = []
+    if rows:
+        full = [{"source": "imdb", "event_time": part.start.replace(hour=1),
+                 "kafka_topic": "movie_reviews.events", "kafka_partition": 0, "kafka_offset": i, **r}
+                for i, r in enumerate(rows)]
+        key = lake.run_key("raw", pipeline, part, "ingest1") + "/part-00000.parquet"
+        path = lake.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(full, schema=schema), path)
+        files = [lake.describe_file(lake.uri(key))]
+    lake.publish(Manifest(layer="raw", pipeline=pipeline, partition=part.path,
+                          interval=(part.start, part.end), schema_version=1, run_id="ingest1",
+                          files=files, rows=sum(f.rows for f in files),
+                          created_at=datetime(2026, 11, 24, tzinfo=timezone.utc)))
+    return part
+
+
+@pytest.fixture(scope="session")
+def raw_writer():
+    """:func:`write_raw` for module-scoped fixtures (conftest is not importable)."""
+    return write_raw
+
+
+@pytest.fixture
+def publish_raw(local_lake):
+    """``publish_raw(rows, partition=…, pipeline=…)``: :func:`write_raw` into the test's local lake."""
 
     def _publish(rows, partition="2026-11-23", pipeline="movie_reviews"):
-        part = Partition.parse(partition)
-        files = []
-        if rows:
-            full = [{"source": "imdb", "event_time": part.start.replace(hour=1),
-                     "kafka_topic": "movie_reviews.events", "kafka_partition": 0, "kafka_offset": i, **r}
-                    for i, r in enumerate(rows)]
-            key = local_lake.run_key("raw", pipeline, part, "ingest1") + "/part-00000.parquet"
-            path = local_lake.root / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.Table.from_pylist(full, schema=schema), path)
-            files = [local_lake.describe_file(local_lake.uri(key))]
-        local_lake.publish(Manifest(layer="raw", pipeline=pipeline, partition=part.path,
-                                    interval=(part.start, part.end), schema_version=1, run_id="ingest1",
-                                    files=files, rows=sum(f.rows for f in files),
-                                    created_at=datetime(2026, 11, 24, tzinfo=timezone.utc)))
-        return part
+        return write_raw(local_lake, rows, partition, pipeline)
 
     return _publish
 
 
-@pytest.fixture
-def tiny_pipeline(tmp_path):
-    """``tiny_pipeline(**overrides)``: path of a copy of pipelines/movie_reviews.yaml (same name, so
-    ``publish_raw`` feeds it) with the quality gate opened for tiny inline partitions and the given
-    top-level keys replaced."""
+def tiny_pipeline_file(directory, **overrides):
+    """A copy of pipelines/movie_reviews.yaml in ``directory`` (same name, so ``publish_raw`` feeds
+    it) with the quality gate opened for tiny inline partitions and the given top-level keys replaced."""
     import yaml
 
     from lakeforge.config import PIPELINES_DIR
 
+    spec = yaml.safe_load((PIPELINES_DIR / "movie_reviews.yaml").read_text())
+    spec["quality_gate"] = {"min_rows": 0}
+    spec.update(overrides)
+    path = directory / f"movie_reviews-{len(list(directory.glob('movie_reviews-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def pipeline_writer():
+    """:func:`tiny_pipeline_file` for module-scoped fixtures."""
+    return tiny_pipeline_file
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path):
+    """``tiny_pipeline(**overrides)``: path of :func:`tiny_pipeline_file` in the test's tmp dir."""
+
     def make(**overrides):
-        spec = yaml.safe_load((PIPELINES_DIR / "movie_reviews.yaml").read_text())
-        spec["quality_gate"] = {"min_rows": 0}
-        spec.update(overrides)
-        path = tmp_path / f"movie_reviews-{len(list(tmp_path.glob('movie_reviews-*.yaml')))}.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        return str(path)
+        return tiny_pipeline_file(tmp_path, **overrides)
 
     return make

@@ -374,3 +374,25 @@ def test_job_cli_prints_json_summary_last(monkeypatch, tmp_path, job):
     assert summary["rows"] == 0
     # each attempt writes under its own prefix: the Airflow run id made path-safe, plus a suffix
     assert seen["config"].run_id.startswith("scheduled__2026-11-23T00_00_00_00_00-")
+
+
+def test_job_cli_exits_3_on_a_failed_gate(monkeypatch, tmp_path):
+    """Status 3 tells the Airflow task not to retry (rerunning the same data cannot pass the gate)."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from lakeforge.errors import DataQualityError
+    from lakeforge.jobcli import GATE_FAILED_EXIT, spark_stage_app
+    from lakeforge.operators import GATE_FAILED_EXIT as OPERATOR_EXIT
+
+    def failing_run(config):
+        raise DataQualityError("quality gate failed for movie_reviews dt=2026-11-23: min_rows: 1 curated rows")
+
+    monkeypatch.setenv("LAKEFORGE_HOME", str(tmp_path))
+    monkeypatch.setattr(importlib.import_module("lakeforge.curate"), "run", failing_run)
+    result = CliRunner().invoke(spark_stage_app("curate"), ["--pipeline", "movie_reviews", "--partition", "2026-11-23"])
+    assert result.exit_code == GATE_FAILED_EXIT == OPERATOR_EXIT == 3
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last == {"error": "quality_gate", "message": "quality gate failed for movie_reviews dt=2026-11-23: "
+                                                         "min_rows: 1 curated rows"}

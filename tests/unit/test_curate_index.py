@@ -45,14 +45,32 @@ def content_hash(lake, manifest):
     return hashlib.sha256(repr(rows).encode()).hexdigest(), [r[0] for r in rows]
 
 
-@pytest.fixture
-def backfill(spark, local_lake, publish_raw, tiny_pipeline):
-    pipeline = tiny_pipeline()
+@pytest.fixture(scope="module")
+def curated_template(spark, tmp_path_factory, make_lake, raw_writer, pipeline_writer):
+    """The 3-day backfill, curated once per module into a template lake (each curate run costs
+    ~10 s of Spark); tests get a copy (:func:`backfill`)."""
+    from lakeforge.config import Partition
+
+    home = tmp_path_factory.mktemp("curated-template")
+    lake = make_lake(home / "lake")
+    pipeline = pipeline_writer(home)
     for day, rows in DAYS.items():
-        publish_raw([{"id": i, "text": t, "label": 1} for i, t in rows], partition=day)
-    manifests = {day: run(CurateConfig(pipeline=pipeline, partition=day, run_id=f"r-{day}"), lake=local_lake, spark=spark)
-                 for day in DAYS}
-    return pipeline, manifests
+        raw_writer(lake, [{"id": i, "text": t, "label": 1} for i, t in rows], partition=day)
+    for day in DAYS:
+        run(CurateConfig(pipeline=pipeline, partition=day, run_id=f"r-{day}"), lake=lake, spark=spark)
+    return lake.root, pipeline, [Partition.parse(day) for day in DAYS]
+
+
+@pytest.fixture
+def backfill(curated_template, local_lake):
+    """A copy of the curated 3-day backfill in the test's own lake (manifests re-pointed at it)."""
+    import shutil
+
+    root, pipeline, parts = curated_template
+    shutil.copytree(root, local_lake.root)
+    for manifest in local_lake.root.rglob("_MANIFEST.json"):
+        manifest.write_text(manifest.read_text().replace(f"file://{root}", f"file://{local_lake.root}"))
+    return pipeline, {p.path.removeprefix("dt="): local_lake.read_manifest("curated", "movie_reviews", p) for p in parts}
 
 
 def ids(lake, manifest):
