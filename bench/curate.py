@@ -240,15 +240,18 @@ def run_lakeforge(docs: list[dict], cores: int) -> dict:
 
 
 def bench_spark(cores: int):
+    """The settings every lakeforge job runs with (``base_conf``), sized for the benchmark's corpus."""
     from pyspark.sql import SparkSession
 
+    from lakeforge.spark import base_conf
+
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (SparkSession.builder.master(f"local[{cores}]").appName("bench-curate")
-            .config("spark.driver.memory", "8g").config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false").config("spark.sql.shuffle.partitions", str(4 * cores))
-            .config("spark.sql.session.timeZone", "UTC").config("spark.driver.bindAddress", "127.0.0.1")
-            .config("spark.driver.host", "127.0.0.1").config("spark.sql.execution.arrow.maxRecordsPerBatch", "2000")
-            .getOrCreate())
+    conf = {**base_conf(), "spark.driver.memory": "8g", "spark.sql.shuffle.partitions": str(4 * cores),
+            "spark.sql.execution.arrow.maxRecordsPerBatch": "2000"}
+    builder = SparkSession.builder.master(f"local[{cores}]").appName("bench-curate")
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+    return builder.getOrCreate()
 
 
 def lakeforge_groups(res: dict, docs: list[dict]) -> tuple[dict, set[str]]:
