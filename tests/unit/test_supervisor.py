@@ -212,3 +212,31 @@ def test_a_service_whose_prepare_fills_its_command_is_kept_by_a_second_start(sta
         assert svc.pid() == first
     finally:
         svc.stop()
+
+
+def test_airflow_passwords_file_is_replaced_atomically_and_only_on_change(tmp_path):
+    """The api-server reads the passwords file on every login: rewriting it in place let a login see
+    an empty file (401 for the right password). Unchanged content leaves the very same file."""
+    import json
+
+    from lakeforge.services.airflow_server import airflow_env
+
+    state = State(tmp_path)
+    env = airflow_env(state, "postgresql://x/airflow", 8080, {})
+    path = tmp_path / "airflow" / "simple_auth_manager_passwords.json"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == str(path)
+    password = state.secrets["airflow"]["admin_password"]
+    assert json.loads(path.read_text()) == {"admin": password}
+    assert path.stat().st_mode & 0o777 == 0o600
+    before = path.stat()
+    airflow_env(state, "postgresql://x/airflow", 8080, {})
+    assert path.stat().st_ino == before.st_ino and path.stat().st_mtime_ns == before.st_mtime_ns
+
+    secrets = state.secrets
+    secrets["airflow"]["admin_password"] = "changed"
+    state.set_secrets(secrets)
+    airflow_env(state, "postgresql://x/airflow", 8080, {})
+    assert json.loads(path.read_text()) == {"admin": "changed"}
+    assert path.stat().st_ino != before.st_ino  # a new file renamed over the old one
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp file left

@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +40,29 @@ def ensure_airflow_secrets(state: State) -> dict[str, str]:
     return af
 
 
+def write_passwords(path: Path, users: dict[str, str]) -> None:
+    """Write SimpleAuthManager's passwords file atomically, and only when it changes.
+
+    The api-server reads this file on every login, and every ``airflow_env`` call (each
+    ``lakeforge airflow …``, each ``up``) used to truncate and rewrite it: a login that read it
+    mid-way saw no users and answered 401 "Invalid credentials" for the right password.
+    """
+    text = json.dumps(users)
+    if path.exists() and path.read_text() == text:
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 600
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def airflow_env(state: State, db_uri: str, api_port: int, extra: dict[str, str]) -> dict[str, str]:
     """The environment every Airflow process (and so every task) runs with."""
     af = ensure_airflow_secrets(state)
     home = state.home / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     passwords = home / "simple_auth_manager_passwords.json"
-    passwords.write_text(json.dumps({ADMIN_USER: af["admin_password"]}))
-    passwords.chmod(0o600)
+    write_passwords(passwords, {ADMIN_USER: af["admin_password"]})
     venv_bin = str(Path(sys.executable).parent)
     api = f"http://127.0.0.1:{api_port}"
     return {
