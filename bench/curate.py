@@ -353,25 +353,34 @@ def run_pandas(docs: list[dict]) -> dict:
     num_perm, bands, rows = 128, 25, 5
     a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64) | np.uint64(1)
     b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64)
-    buckets: dict = {}
-    shingles = {}
-    for i, t in zip(first.index, first["text"]):
+    # Memory matters at 500 MB: keeping every document's shingle set (tuples of strings) took the
+    # process past 15 GB and the OOM killer. A bucket keeps only its first member (star edges, as
+    # in lakeforge), keyed by the hash of (band, rows); shingles are rebuilt for candidates only.
+    first_of: dict = {}
+    cand = set()
+    texts = dict(zip(first.index, first["text"]))
+    for i, t in texts.items():
         sh = python_shingles(t, NGRAM)
         if not sh:
             continue
-        shingles[i] = sh
         x = np.fromiter((int.from_bytes(hashlib.blake2b(" ".join(s).encode(), digest_size=8).digest(), "little")
                          for s in sh), dtype=np.uint64, count=len(sh))
         with np.errstate(over="ignore"):
             sig = ((x[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).min(axis=0)
         for band in range(bands):
-            buckets.setdefault((band, sig[band * rows:(band + 1) * rows].tobytes()), []).append(i)
-    cand = set()
-    for members in buckets.values():
-        for m in members[1:]:
-            cand.add((members[0], m))
+            m = first_of.setdefault(hash((band, sig[band * rows:(band + 1) * rows].tobytes())), i)
+            if m != i:
+                cand.add((m, i))
+    del first_of
+    cache: dict = {}
+
+    def shingles(i):
+        if i not in cache:
+            cache[i] = python_shingles(texts[i], NGRAM)
+        return cache[i]
+
     for u, v in cand:
-        su, sv = shingles[u], shingles[v]
+        su, sv = shingles(u), shingles(v)
         if len(su & sv) / len(su | sv) >= THRESHOLD:
             edges.append((u, v))
     groups = union_groups(edges, range(len(docs)))
