@@ -13,13 +13,12 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from lakeforge.config import REPO_ROOT
 from lakeforge.errors import ServiceError
-from lakeforge.services.base import ProcessService, State, http_ok, tail
+from lakeforge.services.base import ProcessService, State, http_ok, tail, write_atomic
 
 ADMIN_USER = "admin"
 
@@ -50,10 +49,7 @@ def write_passwords(path: Path, users: dict[str, str]) -> None:
     text = json.dumps(users)
     if path.exists() and path.read_text() == text:
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 600
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text, 0o600)
 
 
 def airflow_env(state: State, db_uri: str, api_port: int, extra: dict[str, str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,20 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join(data[-lines:])
 
 
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``path`` whole or not at all: a temp file of its own in the same directory, renamed
+    over it, so a reader never sees it half-written and two writers never share a temp file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class State:
     """The state directory: ``logs/``, ``run/`` (pids), ``data/``, ``endpoints.json``, ``ports.json``."""
 
@@ -106,11 +121,7 @@ class State:
             return {}
 
     def _write_json(self, name: str, obj: dict, mode: int = 0o644) -> None:
-        path = self.home / name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-        tmp.chmod(mode)
-        tmp.replace(path)
+        write_atomic(self.home / name, json.dumps(obj, indent=2, sort_keys=True), mode)
 
     @property
     def ports(self) -> dict[str, int]:
