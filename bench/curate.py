@@ -143,17 +143,9 @@ def oracle_groups(docs: list[dict], idx: list[int]) -> dict[int, int]:
     mask = inter.row < inter.col
     a, b, n = inter.row[mask], inter.col[mask], inter.data[mask]
     jac = n / (sizes[a] + sizes[b] - n)
-    parent = list(range(len(idx)))
-
-    def find(u):
-        while parent[u] != u:
-            parent[u] = parent[parent[u]]
-            u = parent[u]
-        return u
-
-    for u, v in zip(a[jac >= THRESHOLD], b[jac >= THRESHOLD]):
-        parent[find(u)] = find(v)
-    return {idx[r]: find(r) for r in range(len(idx))}
+    near = jac >= THRESHOLD
+    groups = union_groups(zip(a[near].tolist(), b[near].tolist()), range(len(idx)))
+    return {idx[r]: g for r, g in groups.items()}
 
 
 def pair_scores(truth: dict[int, int], predicted: dict[int, object], considered: set[int]) -> dict:
