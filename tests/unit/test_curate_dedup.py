@@ -71,6 +71,25 @@ def test_minhash_estimates_exact_jaccard():
     assert (band_ids(sigs[0], params) == band_ids(sigs[0].copy(), params)).all()
 
 
+@pytest.mark.parametrize("counts", [[3, 9000, 0, 5, 1], [40] * 500, [0, 0]], ids=["one-long", "many", "none"])
+def test_minhash_blocks_equal_the_per_document_minimum(counts):
+    """Blocks of documents (one longer than a block, documents without shingles) give each
+    document's minimum of every hash function, as computed plainly."""
+    rng = np.random.default_rng(5)
+    params = MinHashParams(num_perm=32, bands=8, rows=4)
+    doc = np.repeat(np.arange(len(counts)), counts)
+    keys = rng.integers(0, 2**63, size=len(doc), dtype=np.int64).astype(np.uint64)
+    sig, has = minhash_signatures(keys, doc, len(counts), params)
+    a, b = params.coefficients()
+    assert has.tolist() == [c > 0 for c in counts]
+    with np.errstate(over="ignore"):
+        for i, c in enumerate(counts):
+            mine = keys[doc == i]
+            expected = (((mine[:, None] * a + b) >> np.uint64(32)).min(axis=0) if c else
+                        np.full(params.num_perm, np.iinfo(np.uint32).max))
+            assert (sig[i] == expected).all(), i
+
+
 def test_connected_components_label_with_smallest_id(spark):
     chain = [(f"c{i:02d}", f"c{i + 1:02d}") for i in range(20)]
     edges = spark.createDataFrame([("b", "a"), ("c", "b"), ("e", "d"), *chain], "a string, b string")

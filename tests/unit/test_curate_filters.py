@@ -94,3 +94,15 @@ def test_arrow_words_equal_the_python_reference(text):
 
     words = split_words(pa.array([text], pa.string()))
     assert words.flat.to_pylist() == python_words(text)
+
+
+def test_repeats_count_occurrences_and_mark_later_ones():
+    import numpy as np
+
+    from lakeforge.curate.filters import _repeats
+
+    occurrences, repeat = _repeats(np.array([7, 3, 7, 7, 9, 3], dtype=np.uint64))
+    assert occurrences.tolist() == [3, 2, 3, 3, 1, 2]
+    assert repeat.tolist() == [False, False, True, True, False, True]
+    empty = _repeats(np.array([], dtype=np.uint64))
+    assert len(empty[0]) == len(empty[1]) == 0
