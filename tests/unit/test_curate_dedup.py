@@ -71,12 +71,14 @@ def test_minhash_estimates_exact_jaccard():
     assert (band_ids(sigs[0], params) == band_ids(sigs[0].copy(), params)).all()
 
 
-@pytest.mark.parametrize("counts", [[3, 9000, 0, 5, 1], [40] * 500, [0, 0]], ids=["one-long", "many", "none"])
-def test_minhash_blocks_equal_the_per_document_minimum(counts):
-    """Blocks of documents (one longer than a block, documents without shingles) give each
-    document's minimum of every hash function, as computed plainly."""
+@pytest.mark.parametrize("counts, num_perm", [([3, 9000, 0, 5, 1], 32), ([40] * 500, 32), ([0, 0], 32),
+                                               ([3, 9000, 1], 1)],
+                         ids=["one-long", "many", "none", "longer-than-the-buffer"])
+def test_minhash_blocks_equal_the_per_document_minimum(counts, num_perm):
+    """Blocks of documents (one longer than a block or than the whole buffer, documents without
+    shingles) give each document's minimum of every hash function, as computed plainly."""
     rng = np.random.default_rng(5)
-    params = MinHashParams(num_perm=32, bands=8, rows=4)
+    params = MinHashParams(num_perm=num_perm, bands=1, rows=1)
     doc = np.repeat(np.arange(len(counts)), counts)
     keys = rng.integers(0, 2**63, size=len(doc), dtype=np.int64).astype(np.uint64)
     sig, has = minhash_signatures(keys, doc, len(counts), params)

@@ -195,10 +195,11 @@ def minhash_signatures(keys: np.ndarray, doc: np.ndarray, docs: int, params: Min
     # Blocks of whole documents, ~4,096 shingles x num_perm at a time, so the uint64 buffer (4-8 MB at
     # 128 hash functions) stays in cache between the multiply, add, shift and per-document minimum:
     # 1.7x faster here than all shingles at once (memory-bound). A block of one very long document
-    # takes its hash functions in chunks, so the buffer never grows past 2 x 4,096 x num_perm.
+    # takes its hash functions in chunks (one at a time at worst), so the buffer holds
+    # 2 x 4,096 x num_perm values, or that block's shingles when there are more.
     bounds = np.append(starts, len(keys))
     cuts = np.unique(np.append(np.searchsorted(bounds, np.arange(0, len(keys), _MINHASH_BLOCK)), len(present)))
-    buf = np.empty(2 * _MINHASH_BLOCK * params.num_perm, dtype=np.uint64)
+    buf = np.empty(max(2 * _MINHASH_BLOCK * params.num_perm, int(np.diff(bounds[cuts]).max())), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for lo, hi in zip(cuts[:-1], cuts[1:]):
             first, last = bounds[lo], bounds[hi]
