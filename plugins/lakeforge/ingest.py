@@ -48,6 +48,8 @@ computed on Arrow columns of each batch. So the fast path changes speed, never o
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -89,6 +91,12 @@ class RecordRejected(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+    def detached(self) -> "RecordRejected":
+        """This rejection without its traceback and context, to keep in a list: the traceback's frames
+        hold the batch (and the list itself), a cycle that only a full garbage collection frees."""
+        self.__traceback__ = self.__context__ = None
+        return self
 
 
 def _parse_time(value) -> datetime:
@@ -196,7 +204,9 @@ class BatchParser:
         i64 = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
         py = {"string": str, "int": i64, "float": float, "bool": bool, "timestamp": datetime}
         fields = [(f.name, py[f.type]) if f.required else (f.name, py[f.type] | None, None) for f in pipeline.fields]
-        self.struct = msgspec.defstruct("Event", fields, kw_only=True)
+        # gc=False: the fields are strings, numbers and datetimes, so no cycle; untracked structs cost the
+        # collector nothing (a million tracked ones made its passes a tenth of the landing's CPU)
+        self.struct = msgspec.defstruct("Event", fields, kw_only=True, gc=False)
         self.decode = msgspec.json.Decoder(self.struct).decode
         self.fields = [(f.name, _ARROW_TYPES[f.type]) for f in pipeline.fields]
         self.sized = [(f.name, f.max_bytes) for f in pipeline.fields if f.type == "string" and f.max_bytes]
@@ -237,7 +247,7 @@ class BatchParser:
                 try:
                     parse_record(self.pipeline, values[index[k]], self.max_record_bytes)
                 except RecordRejected as rej:
-                    rejected.append((index[k], rej))
+                    rejected.append((index[k], rej.detached()))
             keep = pc.invert(too_big)
             table = table.filter(keep)
             lens = lens.filter(keep)
@@ -250,7 +260,7 @@ class BatchParser:
         try:
             row = parse_record(self.pipeline, values[i], self.max_record_bytes)
         except RecordRejected as rej:
-            rejected.append((i, rej))
+            rejected.append((i, rej.detached()))
             return
         rows.append(self.struct(**row))
         index.append(i)
@@ -269,15 +279,14 @@ class IngestConfig(BaseModel):
     stall_timeout_s: float = 60.0  # fail when a topic-partition yields nothing for this long
 
 
-class _BackgroundWriter:
-    """One thread that encodes, compresses and uploads row groups while the main thread consumes
-    (pyarrow releases the GIL). At most ``max_pending`` row groups wait, which bounds memory; a
-    failed write re-raises in the main thread at the next submit or at :meth:`drain`."""
+class _Queue:
+    """A one-thread executor with at most ``max_pending`` tasks waiting: submitting more waits for the
+    oldest, and a failed task re-raises in the submitter at the next submit or at :meth:`drain`."""
 
-    def __init__(self, max_pending: int = 2):
+    def __init__(self, name: str, max_pending: int):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lakeforge-parquet")
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.pending: deque = deque()
         self.max_pending = max_pending
 
@@ -292,6 +301,34 @@ class _BackgroundWriter:
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _BackgroundWriter:
+    """Two threads beside the consuming one (pyarrow releases the GIL): one encodes and compresses
+    row groups, the other uploads finished files, so compression goes on while the S3 server takes
+    a file (uploading in the encoding thread left it waiting for the server about a third of the
+    time). At most ``max_pending`` row groups and ``max_uploads`` files wait, which bounds memory;
+    a failure re-raises in the main thread at the next submit or at :meth:`drain`."""
+
+    def __init__(self, max_pending: int = 2, max_uploads: int = 2):
+        self.encoding = _Queue("lakeforge-parquet", max_pending)
+        self.uploads = _Queue("lakeforge-upload", max_uploads)
+
+    def submit(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the encoding thread (from the main thread)."""
+        self.encoding.submit(fn, *args)
+
+    def upload(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the upload thread (from the encoding thread)."""
+        self.uploads.submit(fn, *args)
+
+    def drain(self) -> None:
+        self.encoding.drain()
+        self.uploads.drain()
+
+    def shutdown(self) -> None:
+        self.encoding.shutdown()
+        self.uploads.shutdown()
 
 
 class _FileStream:
@@ -359,7 +396,7 @@ class _FileStream:
         self.pending_sizes = [sizes] if len(sizes) else []
         self.pending_rows = rest.num_rows
         self.pending_bytes = int(sizes.sum())
-        self.writer.submit(self._write, group.combine_chunks())
+        self.writer.submit(self._write, group)
 
     def close(self) -> None:
         """Hand off the remaining rows and the closing of the last file (call :meth:`_BackgroundWriter.drain`)."""
@@ -375,7 +412,8 @@ class _FileStream:
             self._buffer = pa.BufferOutputStream()
             self._pq = pq.ParquetWriter(self._buffer, self.schema, **self.options)
             self._written = 0
-        self._pq.write_table(table, row_group_size=table.num_rows)
+        # one chunk per column (on this thread: it copies), so the pages do not depend on how the rows arrived
+        self._pq.write_table(table.combine_chunks(), row_group_size=table.num_rows)
         self._written += table.num_rows
         if self._written >= self.rows_per_file or self._buffer.tell() >= self.file_bytes:
             self._close_file()
@@ -386,11 +424,15 @@ class _FileStream:
         self._pq.close()
         data = self._buffer.getvalue()
         key = f"{self.prefix}/part-{self.tp:05d}-{len(self.files):05d}.parquet"
-        with self.lake.fs.open_output_stream(self.lake.arrow_path(key)) as out:
-            out.write(data)
         self.files.append(FileEntry(path=self.lake.uri(key), size=data.size,
                                     sha256=hashlib.sha256(memoryview(data)).hexdigest(), rows=self._written))
         self._pq = self._buffer = None
+        self.writer.upload(self._upload, key, data)
+
+    # -- on the upload thread -------------------------------------------------------------------
+    def _upload(self, key: str, data: pa.Buffer) -> None:
+        with self.lake.fs.open_output_stream(self.lake.arrow_path(key)) as out:
+            out.write(data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,18 +698,20 @@ class _TpLanding:
         inside = pc.and_(pc.greater_equal(t, r.start_scalar(t.type)), pc.less(t, r.end_scalar(t.type)))
         n_in = pc.sum(inside).as_py() or 0
         if n_in:
-            landed = batch.table.filter(inside)
-            l_offs = offs.filter(inside)
-            l_ts = kafka_ts.filter(inside)
+            everything = n_in == len(batch.index)  # the usual case: no copy of the texts by a filter
+
+            def keep(data):
+                return data if everything else data.filter(inside)
+
+            landed, l_offs, l_ts, l_sizes = keep(batch.table), keep(offs), keep(kafka_ts), keep(batch.sizes)
             n = landed.num_rows
             cols = [*landed.columns, pa.array([r.topic] * n, pa.string()), pa.array([self.p] * n, pa.int32()),
                     l_offs, l_ts]
-            self.data.add(pa.Table.from_arrays(cols, schema=r.schema),
-                          batch.sizes.filter(inside).to_numpy(zero_copy_only=False))
+            self.data.add(pa.Table.from_arrays(cols, schema=r.schema), l_sizes.to_numpy(zero_copy_only=False))
             st = self.stats
             st.landed += n
-            st.bytes += pc.sum(batch.sizes.filter(inside)).as_py()
-            st.max_ts_ms = max(st.max_ts_ms, pc.max(ts.filter(inside)).as_py())
+            st.bytes += pc.sum(l_sizes).as_py()
+            st.max_ts_ms = max(st.max_ts_ms, pc.max(keep(ts)).as_py())
             if self.seen_before is not None:
                 r.late_rows += pc.sum(pc.greater_equal(l_offs, self.seen_before)).as_py() or 0
         n_out = len(batch.index) - n_in
@@ -734,6 +778,22 @@ class _Landing:
         return pa.scalar(self.partition.end, typ)
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: the read loop makes millions of short-lived objects
+    (librdkafka messages, values, lists), which refcounting frees, and none in cycles (rejections
+    are :meth:`RecordRejected.detached`), yet each of them counts towards the collector's passes,
+    which then took a tenth to a fifth of the landing's CPU. Restored (and run once) on exit."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+            gc.collect()
+
+
 def run(config: IngestConfig, settings: Settings | None = None,
         progress: Callable[[str], None] | None = None) -> Manifest:
     """Land one partition; return the published manifest."""
@@ -776,16 +836,17 @@ def _land(config: IngestConfig, settings: Settings, pipeline: PipelineConfig, pa
         scanned, last_report = 0, time.monotonic()
         todo = [p for p in snap.partitions if ranges[p][0] < ranges[p][1]]
         wave = max(1, spec.max_parallel_partitions)
-        for w in range(0, len(todo), wave):
-            for p, msgs in read_partitions(consumer, topic, {p: ranges[p] for p in todo[w:w + wave]},
-                                           config.poll_timeout_s, config.stall_timeout_s):
-                lands[p].process(msgs)
-                scanned += len(msgs)
-                if time.monotonic() - last_report > 10:
-                    last_report = time.monotonic()
-                    progress(f"{partition.path}: scanned {scanned:,}/{total:,} records "
-                             f"({scanned / max(1e-9, last_report - t0):,.0f}/s), "
-                             f"landed {sum(tp.stats.landed for tp in lands.values()):,}")
+        with gc_paused():
+            for w in range(0, len(todo), wave):
+                for p, msgs in read_partitions(consumer, topic, {p: ranges[p] for p in todo[w:w + wave]},
+                                               config.poll_timeout_s, config.stall_timeout_s):
+                    lands[p].process(msgs)
+                    scanned += len(msgs)
+                    if time.monotonic() - last_report > 10:
+                        last_report = time.monotonic()
+                        progress(f"{partition.path}: scanned {scanned:,}/{total:,} records "
+                                 f"({scanned / max(1e-9, last_report - t0):,.0f}/s), "
+                                 f"landed {sum(tp.stats.landed for tp in lands.values()):,}")
         for tp in lands.values():
             tp.close()
         r.writer.drain()

@@ -113,16 +113,55 @@ def test_batch_parser_keeps_positions_in_order():
     assert [i for i, _ in batch.rejected] == list(range(0, 30, 3))
 
 
+
+def test_rejections_hold_no_cycle_so_a_batch_is_freed_without_the_collector():
+    import gc
+
+    from lakeforge.ingest import BatchParser
+
+    parser = BatchParser(PIPE, 64)  # the 64-byte record limit also sends GOOD through the size check
+    gc.collect()
+    gc.disable()
+    try:
+        batch = parser.parse([enc(GOOD), *TRICKY] * 20)
+        assert batch.rejected and all(r.__traceback__ is None and r.__context__ is None for _, r in batch.rejected)
+        del batch
+        assert gc.collect() == 0  # nothing was left for the collector: refcounting freed it all
+    finally:
+        gc.enable()
+
+
+def test_gc_paused_restores_the_collector_even_on_error():
+    import gc
+
+    from lakeforge.ingest import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with gc_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own choice is kept
+    finally:
+        gc.enable()
+
+
 # -- Parquet streams: the same rows make the same files, however they arrive -------------------
 
-def _stream_files(tmp_path, chunks, name, byte_limit=1 << 20):
+def _stream_files(tmp_path, chunks, name, byte_limit=1 << 20, mkdir=True):
     import pyarrow as pa
     from lakeforge.config import IngestSpec
     from lakeforge.ingest import _BackgroundWriter, _FileStream
     from tests.unit.conftest import make_local_lake
 
     lake = make_local_lake(tmp_path / name)
-    (lake.root / "raw/x/dt=2026-11-23/run=r").mkdir(parents=True)  # S3 has no directories; a local disk does
+    if mkdir:
+        (lake.root / "raw/x/dt=2026-11-23/run=r").mkdir(parents=True)  # S3 has no directories; a local disk does
     spec = IngestSpec(row_group_rows=7, rows_per_file=20, row_group_bytes=byte_limit)
     writer = _BackgroundWriter()
     schema = pa.schema([("id", pa.string()), ("n", pa.int64())])
@@ -133,9 +172,17 @@ def _stream_files(tmp_path, chunks, name, byte_limit=1 << 20):
         stream.add(pa.table({"id": [f"i{k}" for k in range(lo, hi)], "n": list(range(lo, hi))}, schema=schema),
                    np.array([100 + k % 7 for k in range(lo, hi)]))
     stream.close()
-    writer.drain()
-    writer.shutdown()
+    try:
+        writer.drain()
+    finally:
+        writer.shutdown()
     return lake, stream.files
+
+
+def test_a_failed_upload_fails_the_drain(tmp_path):
+    # without the run directory the local disk refuses the file: the upload thread's error surfaces
+    with pytest.raises(FileNotFoundError):
+        _stream_files(tmp_path, [(0, 50)], "a", mkdir=False)
 
 
 def test_file_stream_cuts_row_groups_and_files_at_fixed_points(tmp_path):
