@@ -16,6 +16,12 @@ lakeforge's Python start-up counts against it); ``lakeforge_in_run_msgs_per_s`` 
 own figure from its manifest. Peak RSS is the landing process's ``ru_maxrss``. Absolute figures on a
 shared 2-core machine are noise; read the ratios.
 
+``cpu_s`` says where the machine's time went in each command's window: CPU seconds of the command
+itself (its rusage), of the Kafka broker and of the S3 server (their processes' counters before and
+after), and ``busy``, the share of all cores' time those three used. kcat only reads; the landing
+also makes the S3 server take ~460 MB of Parquet (it hashes every byte twice, MD5 for the ETags), so
+the servers' share belongs to the comparison: on one machine the landing pays for them.
+
     .venv/bin/python bench/ingest.py [--records 1000000] [--big 4000000] [--trials 3]
 
 Needs ``kcat`` (Debian: ``apt-get install kcat``).
@@ -79,8 +85,31 @@ def ensure_topic(settings, path: Path, records: int, seed: int) -> dict:
                    settings, progress=lambda n, total: print(f"  sent {n:,}/{total:,}", flush=True))
 
 
-def run_timed(cmd: list[str], env: dict, stdout=subprocess.PIPE) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in MiB of that process, stdout) of one command."""
+def server_cpu(home: Path) -> dict[str, float]:
+    """CPU seconds the Kafka broker and the S3 server (with their child processes) have used so far."""
+    import psutil
+
+    used = {}
+    for name, label in (("kafka", "broker"), ("s3", "s3_server")):
+        root = psutil.Process(int((home / "run" / f"{name}.pid").read_text().strip()))
+        times = [p.cpu_times() for p in (root, *root.children(recursive=True))]
+        used[label] = sum(t.user + t.system for t in times)
+    return used
+
+
+class Timed:
+    """One command's wall seconds, peak RSS (MiB), CPU seconds, stdout, and the servers' CPU meanwhile."""
+
+    def __init__(self, home: Path, cmd: list[str], env: dict, stdout=subprocess.PIPE):
+        before = server_cpu(home)
+        self.wall, self.rss, self.cpu, self.out = run_timed(cmd, env, stdout)
+        after = server_cpu(home)
+        self.cpu_s = {"command": round(self.cpu, 2), **{k: round(after[k] - before[k], 2) for k in after}}
+        self.cpu_s["busy"] = round(sum(self.cpu_s.values()) / (self.wall * os.cpu_count()), 3)
+
+
+def run_timed(cmd: list[str], env: dict, stdout=subprocess.PIPE) -> tuple[float, int, float, str]:
+    """(wall seconds, peak RSS in MiB, CPU seconds of that process, stdout) of one command."""
     import tempfile
 
     with tempfile.TemporaryFile() as err:
@@ -93,20 +122,19 @@ def run_timed(cmd: list[str], env: dict, stdout=subprocess.PIPE) -> tuple[float,
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}):\n{err.read().decode()[-3000:]}")
-    return wall, usage.ru_maxrss // 1024, out
+    return wall, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime, out
 
 
-def kcat(bootstrap: str, topic: str, env: dict) -> float:
+def kcat(home: Path, bootstrap: str, topic: str, env: dict) -> Timed:
     with open(os.devnull, "wb") as devnull:
-        wall, _, _ = run_timed(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q"], env,
-                               stdout=devnull)
-    return wall
+        return Timed(home, ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q"], env,
+                     stdout=devnull)
 
 
-def land(path: Path, env: dict) -> tuple[float, int, dict]:
-    wall, rss, out = run_timed([sys.executable, "-m", "lakeforge.cli", "ingest", "--pipeline", str(path),
-                                "--partition", DAY, "--force"], env)
-    return wall, rss, json.loads(out.strip().splitlines()[-1])
+def land(home: Path, path: Path, env: dict) -> tuple[Timed, dict]:
+    run = Timed(home, [sys.executable, "-m", "lakeforge.cli", "ingest", "--pipeline", str(path), "--partition", DAY,
+                       "--force"], env)
+    return run, json.loads(run.out.strip().splitlines()[-1])
 
 
 def main(records: int = typer.Option(1_000_000, help="events for the kcat comparison"),
@@ -134,22 +162,24 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
         topic = yaml.safe_load(small.read_text())["topic"]
         runs = []
         for i in range(trials):
-            k = kcat(settings.kafka_bootstrap, topic, env)
-            wall, rss, m = land(small, env)
+            k = kcat(home, settings.kafka_bootstrap, topic, env)
+            lf, m = land(home, small, env)
             scanned = m["rows"] + m["quarantined_total"]
             assert scanned == records, f"lakeforge read {scanned} of {records} records"
-            runs.append({"kcat_s": round(k, 3), "lakeforge_s": round(wall, 3), "lakeforge_in_run_s": m["seconds"],
-                         "peak_rss_mb": rss, "rows": m["rows"], "quarantined": m["quarantined_total"],
+            runs.append({"kcat_s": round(k.wall, 3), "lakeforge_s": round(lf.wall, 3),
+                         "lakeforge_in_run_s": m["seconds"], "peak_rss_mb": lf.rss, "rows": m["rows"],
+                         "quarantined": m["quarantined_total"], "kcat_cpu_s": k.cpu_s, "lakeforge_cpu_s": lf.cpu_s,
                          "load_avg": os.getloadavg()[0]})
-            print(f"trial {i + 1}: kcat {records / k:,.0f} msgs/s, lakeforge {records / wall:,.0f} msgs/s "
-                  f"(in run {m['msgs_per_s']:,}), peak RSS {rss} MiB", flush=True)
+            print(f"trial {i + 1}: kcat {records / k.wall:,.0f} msgs/s, lakeforge {records / lf.wall:,.0f} msgs/s "
+                  f"(in run {m['msgs_per_s']:,}), peak RSS {lf.rss} MiB; CPU s kcat {k.cpu_s}, "
+                  f"lakeforge {lf.cpu_s}", flush=True)
         big_run = None
         if big:
             ensure_topic(settings, large, big, seed=2)
-            wall, rss, m = land(large, env)
-            big_run = {"records": big, "lakeforge_s": round(wall, 3), "peak_rss_mb": rss, "rows": m["rows"],
-                       "quarantined": m["quarantined_total"]}
-            print(f"{big:,} records: lakeforge {big / wall:,.0f} msgs/s, peak RSS {rss} MiB", flush=True)
+            lf, m = land(home, large, env)
+            big_run = {"records": big, "lakeforge_s": round(lf.wall, 3), "peak_rss_mb": lf.rss, "rows": m["rows"],
+                       "quarantined": m["quarantined_total"], "cpu_s": lf.cpu_s}
+            print(f"{big:,} records: lakeforge {big / lf.wall:,.0f} msgs/s, peak RSS {lf.rss} MiB", flush=True)
     finally:
         if not keep:
             sup.down(progress=print)
@@ -165,6 +195,8 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
         "peak_rss_mb_1m": rss_1m,
         "peak_rss_mb_4m": big_run["peak_rss_mb"] if big_run else None,
         "rss_ratio_4m_vs_1m": round(big_run["peak_rss_mb"] / rss_1m, 3) if big_run else None,
+        "cpu_s": {arm: {k: statistics.median(r[f"{arm}_cpu_s"][k] for r in runs) for k in runs[0][f"{arm}_cpu_s"]}
+                  for arm in ("kcat", "lakeforge")},
         "trials": runs,
         "big": big_run,
         "produced": produced,
