@@ -56,26 +56,14 @@ def pipeline_file(tmp: Path, name: str) -> Path:
     return path
 
 
-def topic_size(bootstrap: str, topic: str) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe"})
-    try:
-        md = c.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None:
-            return 0
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions)
-    finally:
-        c.close()
-
-
 def ensure_topic(settings, path: Path, records: int, seed: int) -> dict:
     """Produce ``records`` events unless the topic holds exactly that many (a rerun reuses them)."""
     from lakeforge.config import PipelineConfig
+    from lakeforge.ingest import topic_size
     from lakeforge.produce import ProduceConfig, produce
 
     topic = PipelineConfig.load(path).topic
-    have = topic_size(settings.kafka_bootstrap, topic)
+    have = topic_size(settings, topic)
     if have == records:
         return {"topic": topic, "records": records, "reused": True}
     if have:

@@ -496,6 +496,17 @@ def snapshot(consumer, topic: str) -> TopicSnapshot:
     return TopicSnapshot(topic, low, high)
 
 
+def topic_size(settings: Settings, topic: str) -> int:
+    """Records ever written to ``topic`` (its high watermarks summed); 0 while it does not exist."""
+    consumer = _consumer(settings, 1)
+    try:
+        return sum(snapshot(consumer, topic).high.values())
+    except SourceUnavailableError:  # no such topic yet
+        return 0
+    finally:
+        consumer.close()
+
+
 def offsets_at(consumer, topic: str, partitions: list[int], ts_ms: int) -> dict[int, int]:
     """Earliest offset stamped at or after ``ts_ms`` per topic-partition (-1: none yet)."""
     from confluent_kafka import TopicPartition

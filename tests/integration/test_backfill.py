@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lakeforge.config import Partition, PipelineConfig
+from lakeforge.ingest import topic_size
 from lakeforge.lake import Lake
 from lakeforge.produce import FaultRates, ProduceConfig, iter_events, produce
 
@@ -34,19 +35,6 @@ FAULTS = FaultRates(html=0.03, duplicate=0.03, near_duplicate=0.03, pii=0.03, em
                     invalid_utf8=0.02, missing_field=0.02, wrong_type=0.02, oversize=0.01)
 
 
-def _topic_size(settings, topic: str) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "itest-probe"})
-    try:
-        md = c.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None:
-            return 0
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions)
-    finally:
-        c.close()
-
-
 @pytest.fixture(scope="module")
 def truth(services, settings, tmp_path_factory):
     """The 7 days' ground truth. Produced once per state dir: a kept test session reuses the topic
@@ -56,11 +44,11 @@ def truth(services, settings, tmp_path_factory):
                          truth_path=tmp_path_factory.mktemp("backfill") / "truth.jsonl")
     after = ProduceConfig(pipeline=DAG, records=AFTER, days=1, end=END + timedelta(days=1), seed=42,
                           faults=FaultRates.none(), write_truth=False)
-    if _topic_size(settings, pipeline.topic) == 0:
+    if topic_size(settings, pipeline.topic) == 0:
         produce(days, settings)
         produce(after, settings)
     # a kept session's topic also holds the late events that earlier runs of the last test sent
-    sent = late_batches(_topic_size(settings, pipeline.topic))
+    sent = late_batches(topic_size(settings, pipeline.topic))
     return [ev.truth for ev in iter_events(days, pipeline)] + [t for k in range(sent) for t in late_events(k)]
 
 
@@ -152,7 +140,7 @@ def test_late_records_are_relanded_by_a_triggered_run(services, settings, truth,
     lake = Lake(settings)
     first = Partition.parse(DAYS[0])
     before = lake.read_manifest("raw", DAG, first)
-    k = late_batches(_topic_size(settings, PipelineConfig.load(DAG).topic))
+    k = late_batches(topic_size(settings, PipelineConfig.load(DAG).topic))
     late = late_events(k)
     assert {t["partition"] for t in late} == {f"dt={DAYS[0]}"}
     produce(late_config(k), settings)

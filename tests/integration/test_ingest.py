@@ -86,6 +86,15 @@ def test_partitions_equal_ground_truth(produced, settings):
     assert landed_total == sum(1 for t in produced["truth"] if t["outcome"] == "landed")
 
 
+def test_topic_size_counts_what_was_produced(produced, settings):
+    from lakeforge.config import PipelineConfig
+    from lakeforge.ingest import topic_size
+
+    topic = PipelineConfig.load(produced["pipeline"]).topic
+    assert topic_size(settings, topic) == len(produced["truth"]) + len(produced["after"])
+    assert topic_size(settings, topic + ".never-made") == 0
+
+
 def test_landing_exports_prometheus_metrics(produced, settings):
     run(IngestConfig(pipeline=produced["pipeline"], partition=day(1)), settings)
     text = (settings.home / "metrics" / f"ingest_{produced['name']}.prom").read_text()
