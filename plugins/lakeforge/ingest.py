@@ -794,7 +794,7 @@ def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside: the read loop makes millions of short-lived objects
     (librdkafka messages, values, lists), which refcounting frees, and none in cycles (rejections
     are :meth:`RecordRejected.detached`), yet each of them counts towards the collector's passes,
-    which then took a tenth to a fifth of the landing's CPU. Restored (and run once) on exit."""
+    which then took a tenth to a fifth of the landing's CPU. Restored on exit."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -802,7 +802,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-            gc.collect()
 
 
 def run(config: IngestConfig, settings: Settings | None = None,
