@@ -5,9 +5,11 @@ Kafka started):
 
 1. produce ``--records`` movie-review events (~1.1 KB of JSON each, the default fault rates) into
    one day of a 3-partition topic, and ``--big`` events into a second topic;
-2. ``--trials`` times, alternating so both see the same machine load: ``kcat -C -e`` reads the
+2. ``--trials`` times, alternating so all see the same machine load: ``kcat -C -e`` reads the
    whole first topic to /dev/null; ``lakeforge ingest --force`` lands the same records (parse,
-   validate, quarantine, Parquet zstd to S3, manifest) in a fresh process;
+   validate, quarantine, Parquet zstd to S3, manifest) in a fresh process; and a *floor*, the least
+   any landing to this S3 store does: ``kcat | zstd -1 | upload`` (the values as they are, compressed
+   at Parquet's default zstd level, streamed to one S3 object; no parsing, no columns);
 3. land the big topic once, for the peak RSS at 4x the records (memory must not grow with them);
 4. write ``bench/results/ingest.json``: medians and every trial.
 
@@ -21,10 +23,12 @@ itself (its rusage), of the Kafka broker and of the S3 server (their processes' 
 after), and ``busy``, the share of all cores' time those three used. kcat only reads; the landing
 also makes the S3 server take ~460 MB of Parquet (it hashes every byte twice, MD5 for the ETags), so
 the servers' share belongs to the comparison: on one machine the landing pays for them.
+``floor_ratio`` is the floor's rate over kcat's: no landing into this S3 store on this machine can
+beat it by much, so it says how much of the goal the machine leaves reachable.
 
     .venv/bin/python bench/ingest.py [--records 1000000] [--big 4000000] [--trials 3]
 
-Needs ``kcat`` (Debian: ``apt-get install kcat``).
+Needs ``kcat`` and ``zstd`` (Debian: ``apt-get install kcat zstd``).
 """
 
 from __future__ import annotations
@@ -86,42 +90,75 @@ def server_cpu(home: Path) -> dict[str, float]:
 
 
 class Timed:
-    """One command's wall seconds, peak RSS (MiB), CPU seconds, stdout, and the servers' CPU meanwhile."""
+    """A pipeline's wall seconds, peak RSS (MiB, largest command), CPU seconds, stdout, and the
+    servers' CPU meanwhile."""
 
-    def __init__(self, home: Path, cmd: list[str], env: dict, stdout=subprocess.PIPE):
+    def __init__(self, home: Path, cmds: list[list[str]], env: dict, stdout=subprocess.PIPE):
         before = server_cpu(home)
-        self.wall, self.rss, self.cpu, self.out = run_timed(cmd, env, stdout)
+        self.wall, self.rss, self.cpu, self.out = run_timed(cmds, env, stdout)
         after = server_cpu(home)
         self.cpu_s = {"command": round(self.cpu, 2), **{k: round(after[k] - before[k], 2) for k in after}}
         self.cpu_s["busy"] = round(sum(self.cpu_s.values()) / (self.wall * os.cpu_count()), 3)
 
 
-def run_timed(cmd: list[str], env: dict, stdout=subprocess.PIPE) -> tuple[float, int, float, str]:
-    """(wall seconds, peak RSS in MiB, CPU seconds of that process, stdout) of one command."""
+def run_timed(cmds: list[list[str]], env: dict, stdout=subprocess.PIPE) -> tuple[float, int, float, str]:
+    """(wall seconds, peak RSS in MiB, CPU seconds, stdout of the last) of a pipeline of commands."""
     import tempfile
 
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=err)
-        out = proc.stdout.read().decode() if stdout == subprocess.PIPE else ""
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (peak RSS)
+        procs: list[subprocess.Popen] = []
+        for i, cmd in enumerate(cmds):
+            last = i == len(cmds) - 1
+            procs.append(subprocess.Popen(cmd, env=env, stdin=procs[-1].stdout if procs else None,
+                                          stdout=stdout if last else subprocess.PIPE, stderr=err))
+            if len(procs) > 1:
+                procs[-2].stdout.close()  # the next command holds it now
+        out = procs[-1].stdout.read().decode() if stdout == subprocess.PIPE else ""
+        rss, cpu = 0, 0.0
+        for proc in procs:
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (peak RSS, CPU)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            rss, cpu = max(rss, usage.ru_maxrss // 1024), cpu + usage.ru_utime + usage.ru_stime
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
+        failed = [p for p in procs if p.returncode != 0]
+        if failed:
             err.seek(0)
-            raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}):\n{err.read().decode()[-3000:]}")
-    return wall, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime, out
+            raise SystemExit(f"{failed[0].args[:4]} failed ({failed[0].returncode}):\n{err.read().decode()[-3000:]}")
+    return wall, rss, cpu, out
+
+
+# streams stdin into one S3 object through the lake's own S3 client (pyarrow's, as the landing uses)
+UPLOAD_STDIN = """
+import sys
+from lakeforge.config import Settings
+from lakeforge.lake import Lake
+lake = Lake(Settings.load())
+with lake.fs.open_output_stream(lake.arrow_path(sys.argv[1])) as out:
+    while chunk := sys.stdin.buffer.read(8 << 20):
+        out.write(chunk)
+"""
+
+
+def kcat_cmd(bootstrap: str, topic: str) -> list[str]:
+    return ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q"]
 
 
 def kcat(home: Path, bootstrap: str, topic: str, env: dict) -> Timed:
     with open(os.devnull, "wb") as devnull:
-        return Timed(home, ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q"], env,
-                     stdout=devnull)
+        return Timed(home, [kcat_cmd(bootstrap, topic)], env, stdout=devnull)
+
+
+def floor(home: Path, bootstrap: str, topic: str, env: dict) -> Timed:
+    """kcat | zstd -1 | one S3 object: consuming, compressing and storing, nothing else."""
+    with open(os.devnull, "wb") as devnull:
+        return Timed(home, [kcat_cmd(bootstrap, topic), ["zstd", "-1", "-T1", "-q", "-c"],
+                            [sys.executable, "-c", UPLOAD_STDIN, f"bench/floor/{topic}.zst"]], env, stdout=devnull)
 
 
 def land(home: Path, path: Path, env: dict) -> tuple[Timed, dict]:
-    run = Timed(home, [sys.executable, "-m", "lakeforge.cli", "ingest", "--pipeline", str(path), "--partition", DAY,
-                       "--force"], env)
+    run = Timed(home, [[sys.executable, "-m", "lakeforge.cli", "ingest", "--pipeline", str(path), "--partition", DAY,
+                        "--force"]], env)
     return run, json.loads(run.out.strip().splitlines()[-1])
 
 
@@ -131,8 +168,9 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
          home: Path = typer.Option(REPO / ".lakeforge-bench-ingest", help="state dir of the benchmark"),
          keep: bool = typer.Option(False, help="keep services and data afterwards (reruns reuse the topics)"),
          out: Path = typer.Option(REPO / "bench" / "results" / "ingest.json")) -> None:
-    if not shutil.which("kcat"):
-        raise SystemExit("kcat not found: apt-get install kcat")
+    for tool in ("kcat", "zstd"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found: apt-get install {tool}")
     os.environ["LAKEFORGE_HOME"] = str(home)
     from lakeforge import code_version
     from lakeforge.config import Settings
@@ -152,15 +190,17 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
         for i in range(trials):
             k = kcat(home, settings.kafka_bootstrap, topic, env)
             lf, m = land(home, small, env)
+            fl = floor(home, settings.kafka_bootstrap, topic, env)
             scanned = m["rows"] + m["quarantined_total"]
             assert scanned == records, f"lakeforge read {scanned} of {records} records"
             runs.append({"kcat_s": round(k.wall, 3), "lakeforge_s": round(lf.wall, 3),
                          "lakeforge_in_run_s": m["seconds"], "peak_rss_mb": lf.rss, "rows": m["rows"],
-                         "quarantined": m["quarantined_total"], "kcat_cpu_s": k.cpu_s, "lakeforge_cpu_s": lf.cpu_s,
+                         "quarantined": m["quarantined_total"], "floor_s": round(fl.wall, 3),
+                         "kcat_cpu_s": k.cpu_s, "lakeforge_cpu_s": lf.cpu_s, "floor_cpu_s": fl.cpu_s,
                          "load_avg": os.getloadavg()[0]})
             print(f"trial {i + 1}: kcat {records / k.wall:,.0f} msgs/s, lakeforge {records / lf.wall:,.0f} msgs/s "
-                  f"(in run {m['msgs_per_s']:,}), peak RSS {lf.rss} MiB; CPU s kcat {k.cpu_s}, "
-                  f"lakeforge {lf.cpu_s}", flush=True)
+                  f"(in run {m['msgs_per_s']:,}), floor {records / fl.wall:,.0f} msgs/s, peak RSS {lf.rss} MiB; "
+                  f"CPU s kcat {k.cpu_s}, lakeforge {lf.cpu_s}, floor {fl.cpu_s}", flush=True)
         big_run = None
         if big:
             ensure_topic(settings, large, big, seed=2)
@@ -173,6 +213,7 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
             sup.down(progress=print)
     kcat_rate = statistics.median(records / r["kcat_s"] for r in runs)
     lf_rate = statistics.median(records / r["lakeforge_s"] for r in runs)
+    floor_rate = statistics.median(records / r["floor_s"] for r in runs)
     rss_1m = statistics.median(r["peak_rss_mb"] for r in runs)
     result = {
         "records": records,
@@ -180,11 +221,13 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
         "lakeforge_msgs_per_s": round(lf_rate),
         "ratio": round(lf_rate / kcat_rate, 3),
         "lakeforge_in_run_msgs_per_s": round(statistics.median(records / r["lakeforge_in_run_s"] for r in runs)),
+        "floor_msgs_per_s": round(floor_rate),
+        "floor_ratio": round(floor_rate / kcat_rate, 3),
         "peak_rss_mb_1m": rss_1m,
         "peak_rss_mb_4m": big_run["peak_rss_mb"] if big_run else None,
         "rss_ratio_4m_vs_1m": round(big_run["peak_rss_mb"] / rss_1m, 3) if big_run else None,
         "cpu_s": {arm: {k: statistics.median(r[f"{arm}_cpu_s"][k] for r in runs) for k in runs[0][f"{arm}_cpu_s"]}
-                  for arm in ("kcat", "lakeforge")},
+                  for arm in ("kcat", "lakeforge", "floor")},
         "trials": runs,
         "big": big_run,
         "produced": produced,
@@ -197,7 +240,7 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
     if not keep:
         shutil.rmtree(home, ignore_errors=True)
     print(json.dumps({k: result[k] for k in ("records", "kcat_msgs_per_s", "lakeforge_msgs_per_s", "ratio",
-                                             "peak_rss_mb_1m", "peak_rss_mb_4m")}))
+                                             "floor_ratio", "peak_rss_mb_1m", "peak_rss_mb_4m")}))
 
 
 if __name__ == "__main__":
