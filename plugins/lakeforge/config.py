@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lakeforge.errors import ConfigError, MissingSecretError
@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         }
         fill = {k: v for k, v in state.items() if k in cls.model_fields and k not in env_set}
         return cls(**{**fill, **overrides, "home": home})
+
+    @classmethod
+    def configured_bucket(cls) -> str:
+        """The lake bucket from ``LAKEFORGE_S3_BUCKET`` (else the default), reading no credentials or
+        state files: safe where nothing secret may be touched, such as DAG parsing."""
+        return os.environ.get("LAKEFORGE_S3_BUCKET") or cls.model_fields["s3_bucket"].default
 
     def require(self, field: str) -> str:
         """Return a configured endpoint/secret or fail loudly, naming the variable to set."""
@@ -178,7 +184,9 @@ class IngestSpec(BaseModel):
     row_group_bytes: int = 32 << 20  # a row group closes once its records reach this many bytes (bounds memory)
     max_record_bytes: int = 1 << 20  # larger records are quarantined as oversize
     connect_retries: int = 5  # attempts to reach the broker before failing (exponential backoff)
-    max_parallel_partitions: int = 8  # topic-partitions read at once (memory: one row group buffer each)
+    # Kafka topic-partitions read at once (memory: one row group buffer each); the old key still reads
+    max_parallel_topic_partitions: int = Field(
+        default=8, ge=1, validation_alias=AliasChoices("max_parallel_topic_partitions", "max_parallel_partitions"))
 
 
 class QualityGateSpec(BaseModel):
@@ -330,6 +338,16 @@ class Partition(BaseModel):
             raise ConfigError(f"bad partition {value!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH") from exc
         step = timedelta(hours=1) if granularity == "hourly" else timedelta(days=1)
         return cls(start=start, end=start + step)
+
+    @classmethod
+    def containing(cls, moment: datetime, granularity: str = "daily") -> "Partition":
+        """The partition of ``granularity`` (daily, hourly) that holds the instant ``moment`` (UTC)."""
+        t = moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        if granularity == "hourly":
+            start = t.replace(minute=0, second=0, microsecond=0)
+            return cls(start=start, end=start + timedelta(hours=1))
+        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return cls(start=start, end=start + timedelta(days=1))
 
     @classmethod
     def from_interval(cls, start: datetime | None, end: datetime | None, param: str | None,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -61,22 +60,23 @@ class Manifest(BaseModel):
     files: list[FileEntry]  # the data files, in read order
     rows: int  # total rows over files
     inputs: list[dict[str, str]] = Field(default_factory=list)  # manifests read: {path, sha256}
-    kafka_offsets: dict[str, dict[str, list[int]]] = Field(default_factory=dict)  # topic -> partition -> [first, last+1)
+    kafka_offsets: dict[str, dict[str, list[int]]] = Field(default_factory=dict)  # topic -> topic-partition -> [first, last+1)
     dropped: dict[str, int] = Field(default_factory=dict)  # rows removed on purpose, per reason
     quarantined: dict[str, int] = Field(default_factory=dict)  # rows sent to quarantine, per reason
     quarantine_files: list[FileEntry] = Field(default_factory=list)  # where the quarantined rows went
     stats: dict[str, Any] = Field(default_factory=dict)  # stage-specific figures
 
+    @property
+    def lake_partition(self) -> Partition:
+        """The lake partition this manifest publishes (its event-time interval)."""
+        return Partition(start=self.interval[0], end=self.interval[1])
 
-def path_safe(value: str, limit: int = 120) -> str:
-    """``value`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``: an
-    Airflow run id (``backfill__2026-11-14T00:00:00+00:00``) as a key part no S3 tool misreads."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)[:limit]
 
-
-def new_run_id(hint: str | None = None) -> str:
-    """A path-safe run id: the Airflow run id when there is one, plus a short random suffix."""
-    return f"{path_safe(hint or 'manual', 80)}-{uuid.uuid4().hex[:8]}"
+def layer_uri(layer: Layer, pipeline: str, bucket: str | None = None) -> str:
+    """``s3://<bucket>/<layer>/<pipeline>``: where a pipeline's layer lives (the identity of its Airflow
+    asset). ``bucket`` defaults to the configured lake bucket, read without credentials, so a DAG file
+    can call this at parse time."""
+    return f"s3://{bucket or Settings.configured_bucket()}/{layer}/{pipeline}"
 
 
 class Lake:
@@ -177,7 +177,7 @@ class Lake:
     # -- manifests ---------------------------------------------------------------------------------
     def publish(self, manifest: Manifest) -> str:
         """Write the manifest (the commit point), then delete files of superseded runs."""
-        part = Partition(start=manifest.interval[0], end=manifest.interval[1])
+        part = manifest.lake_partition
         key = self.manifest_key(manifest.layer, manifest.pipeline, part)  # type: ignore[arg-type]
         body = manifest.model_dump_json(indent=2).encode()
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
@@ -302,7 +302,7 @@ class LocalLake(Lake):
     def publish(self, manifest: Manifest) -> str:
         import shutil
 
-        part = Partition(start=manifest.interval[0], end=manifest.interval[1])
+        part = manifest.lake_partition
         path = self.root / self.manifest_key(manifest.layer, manifest.pipeline, part)  # type: ignore[arg-type]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

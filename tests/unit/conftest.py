@@ -167,3 +167,19 @@ def tiny_pipeline(tmp_path):
         return tiny_pipeline_file(tmp_path, **overrides)
 
     return make
+
+
+@pytest.fixture
+def partition_parses(monkeypatch):
+    """Every string ``Partition.parse`` is called with during the test (to check "parsed once")."""
+    from lakeforge.config import Partition
+
+    calls = []
+    parse = Partition.parse.__func__
+
+    def counting(cls, value, granularity="daily"):
+        calls.append(value)
+        return parse(cls, value, granularity)
+
+    monkeypatch.setattr(Partition, "parse", classmethod(counting))
+    return calls

@@ -60,3 +60,23 @@ def test_env_wins_over_state_files_and_missing_secret_fails_loudly(tmp_path, mon
     assert Settings.load().s3_endpoint == "http://from-env:2"
     with pytest.raises(MissingSecretError, match="LAKEFORGE_S3_ACCESS_KEY_ID"):
         Settings.load().require("s3_access_key_id")
+
+
+def test_ingest_reads_the_old_name_of_the_topic_partition_parallelism():
+    from lakeforge.config import IngestSpec
+
+    assert IngestSpec(max_parallel_partitions=3).max_parallel_topic_partitions == 3  # pipelines written before
+    assert IngestSpec(max_parallel_topic_partitions=4).max_parallel_topic_partitions == 4
+    with pytest.raises(ValueError):
+        IngestSpec(max_parallel_topic_partitions=0)
+
+
+@pytest.mark.parametrize("moment, granularity, path", [
+    ("2026-11-23T23:59:59+00:00", "daily", "dt=2026-11-23"),
+    ("2026-11-24T01:30:00+02:00", "daily", "dt=2026-11-23"),  # 23:30 UTC
+    ("2026-11-23T05:59:00+00:00", "hourly", "dt=2026-11-23/hour=05"),
+])
+def test_partition_containing_an_instant(moment, granularity, path):
+    from datetime import datetime
+
+    assert Partition.containing(datetime.fromisoformat(moment), granularity).path == path
