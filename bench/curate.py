@@ -133,7 +133,7 @@ def oracle_groups(docs: list[dict], idx: list[int]) -> dict[int, int]:
     import numpy as np
     from scipy import sparse
 
-    from lakeforge.curate.text import python_shingles
+    from lakeforge.stage.text import python_shingles
 
     vocab: dict = {}
     rows, cols = [], []
@@ -197,8 +197,10 @@ def run_lakeforge(docs: list[dict], cores: int) -> dict:
     import pyarrow.parquet as pq
 
     from lakeforge.config import Partition
-    from lakeforge.curate import CurateConfig, run
+    from lakeforge.curate import run
     from lakeforge.lake import LocalLake, Manifest
+    from lakeforge.stage.run import StageRun
+    from lakeforge.stage.spark_io import SparkStageOptions
 
     root = WORK / "lake"
     shutil.rmtree(root, ignore_errors=True)
@@ -226,8 +228,8 @@ def run_lakeforge(docs: list[dict], cores: int) -> dict:
     spark = bench_spark(cores)
     jvm_s = time.monotonic() - t0
     t0 = time.monotonic()
-    manifest = run(CurateConfig(pipeline=str(REPO / "bench" / "bench_reviews.yaml"), partition="2026-11-20",
-                                run_id="bench", rows_per_file=150_000), lake=lake, spark=spark)
+    stage = StageRun.create(str(REPO / "bench" / "bench_reviews.yaml"), part, "bench", lake=lake)
+    manifest = run(stage, SparkStageOptions(rows_per_file=150_000), spark=spark)
     seconds = time.monotonic() - t0
     kept = pq.read_table(lake.arrow_path(manifest.files[0].path), columns=["id"]).column("id").to_pylist() if manifest.files else []
     excluded = [pq.read_table(lake.arrow_path(f["path"]), columns=["id", "reason", "duplicate_of"]).to_pylist()
@@ -277,7 +279,7 @@ def run_pandas(docs: list[dict]) -> dict:
     from bs4 import BeautifulSoup
 
     from lakeforge.curate import pii
-    from lakeforge.curate.text import python_shingles, python_words
+    from lakeforge.stage.text import python_shingles, python_words
 
     t0 = time.monotonic()
     df = pd.DataFrame({"id": [d["id"] for d in docs], "text": [d["text"] for d in docs]})

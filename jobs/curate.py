@@ -2,11 +2,12 @@
 
     spark-submit jobs/curate.py --pipeline movie_reviews --partition 2026-11-23 [--run-id X]
 
-A thin CLI over :func:`lakeforge.curate.run` (see :mod:`lakeforge.jobcli`); the last stdout line is
-a JSON summary that the Airflow task pushes to XCom.
+A thin CLI (:mod:`lakeforge.stage.cli`) over :func:`lakeforge.curate.run`; the last stdout line is
+a JSON summary of the published partition.
 """
 
-from lakeforge.jobcli import main
+from lakeforge.curate import run
+from lakeforge.stage.cli import main
 
 if __name__ == "__main__":
-    main("curate")
+    main("curate", run)

@@ -2,11 +2,12 @@
 
     spark-submit jobs/features.py --pipeline movie_reviews --partition 2026-11-23 [--run-id X]
 
-A thin CLI over :func:`lakeforge.features.run` (see :mod:`lakeforge.jobcli`); the last stdout line is
-a JSON summary that the Airflow task pushes to XCom.
+A thin CLI (:mod:`lakeforge.stage.cli`) over :func:`lakeforge.features.run`; the last stdout line is
+a JSON summary of the published partition.
 """
 
-from lakeforge.jobcli import main
+from lakeforge.features import run
+from lakeforge.stage.cli import main
 
 if __name__ == "__main__":
-    main("features")
+    main("features", run)

@@ -52,8 +52,9 @@ def publish_raw(lake: Lake, name: str, day: str, rows: list[tuple[str, str]]) ->
 
 
 def test_backfill_on_s3_and_the_spark_submit_entry_point(settings, pipeline):
-    from lakeforge.curate import CurateConfig, run
+    from lakeforge.curate import run
     from lakeforge.spark import spark_session, submit_kwargs
+    from lakeforge.stage.run import StageRun
 
     path, name = pipeline
     lake = Lake(settings)
@@ -63,8 +64,8 @@ def test_backfill_on_s3_and_the_spark_submit_entry_point(settings, pipeline):
 
     spark = spark_session("itest-curate", settings)
     try:
-        day1 = run(CurateConfig(pipeline=path, partition="2026-11-20", run_id="d1"), lake=lake, spark=spark)
-        day2 = run(CurateConfig(pipeline=path, partition="2026-11-21", run_id="d2"), lake=lake, spark=spark)
+        day1 = run(StageRun.create(path, "2026-11-20", "d1", settings=settings, lake=lake), spark=spark)
+        day2 = run(StageRun.create(path, "2026-11-21", "d2", settings=settings, lake=lake), spark=spark)
     finally:
         spark.stop()
     assert day1.rows == 2 and day2.rows == 1

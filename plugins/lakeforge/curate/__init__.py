@@ -1,12 +1,11 @@
 """Curate: clean, filter, scrub and deduplicate one raw partition on Spark; publish it as ``curated``
 with its dedup index segment, its excluded rows and a quality report.
 
-The chain is named in the pipeline YAML (``curate: [{name, params}]``) and built from the step
-registry, so a new dataset is a new YAML file, not new code. The modules:
+The chain is named in the pipeline YAML (``curate: [{name, params}]``) and built from
+:data:`~lakeforge.curate.steps.CURATE_STEPS`, so a new dataset is a new YAML file, not new code. The
+step kinds and the runner are the shared framework of :mod:`lakeforge.stage`. The modules:
 
-* :mod:`~lakeforge.curate.steps` — step kinds, registry, the runner (fused Arrow passes, drop
-  counts per snake_case reason, dropped-row samples);
-* :mod:`~lakeforge.curate.text` — Arrow text batches and the shared word/shingle primitives;
+* :mod:`~lakeforge.curate.steps` — the steps a YAML may name, listed explicitly;
 * :mod:`~lakeforge.curate.clean` — ``strip_html`` (Lexbor parser), ``normalize_unicode`` (NFKC),
   ``normalize_whitespace``, ``lowercase``;
 * :mod:`~lakeforge.curate.pii` — ``scrub_pii`` (e-mail, IP, card, phone → typed placeholders);
@@ -14,11 +13,11 @@ registry, so a new dataset is a new YAML file, not new code. The modules:
   ``gopher_repetition``, ``c4_quality``;
 * :mod:`~lakeforge.curate.dedup` — ``exact_dedup``, ``near_dedup`` (MinHash, banding, verified
   pairs, connected components), within and across partitions;
+* :mod:`~lakeforge.curate.minhash` — MinHash signatures, LSH bands, exact Jaccard of pairs (numpy);
 * :mod:`~lakeforge.curate.index` — the dedup index of the other partitions (segments published with
   each partition's manifest);
 * :mod:`~lakeforge.curate.gates` — the data-quality gate (``quality_gate`` in the YAML);
 * :mod:`~lakeforge.curate.report` — the JSON + HTML quality report;
-* :mod:`~lakeforge.curate.io` — Spark <-> lake reads and writes;
 * :mod:`~lakeforge.curate.job` — :func:`run`, what ``spark-submit jobs/curate.py`` calls.
 
 Data contracts
@@ -29,25 +28,18 @@ Data contracts
     excluded: every dropped row with its reason (``run=<id>/_excluded/``, listed in the manifest).
 """
 
-from lakeforge.curate import clean, dedup, filters, pii  # noqa: F401  (register the built-in steps)
 from lakeforge.curate.clean import HtmlToText, Lowercaser, UnicodeNormalizer, WhitespaceNormalizer
 from lakeforge.curate.dedup import ExactDeduplicator, NearDeduplicator, text_hash
 from lakeforge.curate.filters import (C4QualityFilter, EmptyTextFilter, GopherQualityFilter,
                                       GopherRepetitionFilter, LengthFilter)
-from lakeforge.curate.io import check_rows_read, publish_frame, read_manifest_frame, write_sorted_parquet
-from lakeforge.curate.job import (CURATED_COLUMNS, CURATED_SCHEMA, RAW_REQUIRED, RAW_SCHEMA, CurateConfig,
-                                  SparkJobConfig, curate_frame, run, safe_run_id, select_curated, summarize)
+from lakeforge.curate.job import (CURATED_COLUMNS, CURATED_SCHEMA, RAW_REQUIRED, RAW_SCHEMA, curate_frame, run,
+                                  select_curated)
 from lakeforge.curate.pii import PiiScrubber
-from lakeforge.curate.steps import (HASH, REASON, STEP_REGISTRY, TEXT, BatchCleaner, BatchFilter, BatchStep,
-                                    CurateResult, RowFilter, Step, StepContext, TextCleaner, build_steps,
-                                    register_step, run_steps)
+from lakeforge.curate.steps import CURATE_STEPS, build_steps
 
 __all__ = [
-    "BatchCleaner", "BatchFilter", "BatchStep", "C4QualityFilter", "CURATED_COLUMNS", "CURATED_SCHEMA",
-    "CurateConfig", "CurateResult", "EmptyTextFilter", "ExactDeduplicator", "GopherQualityFilter",
-    "GopherRepetitionFilter", "HASH", "HtmlToText", "LengthFilter", "Lowercaser", "NearDeduplicator",
-    "PiiScrubber", "RAW_REQUIRED", "RAW_SCHEMA", "REASON", "RowFilter", "STEP_REGISTRY", "SparkJobConfig",
-    "Step", "StepContext", "TEXT", "TextCleaner", "UnicodeNormalizer", "WhitespaceNormalizer", "build_steps",
-    "check_rows_read", "curate_frame", "publish_frame", "read_manifest_frame", "register_step", "run",
-    "run_steps", "safe_run_id", "select_curated", "summarize", "text_hash", "write_sorted_parquet",
+    "C4QualityFilter", "CURATED_COLUMNS", "CURATED_SCHEMA", "CURATE_STEPS", "EmptyTextFilter", "ExactDeduplicator",
+    "GopherQualityFilter", "GopherRepetitionFilter", "HtmlToText", "LengthFilter", "Lowercaser", "NearDeduplicator",
+    "PiiScrubber", "RAW_REQUIRED", "RAW_SCHEMA", "UnicodeNormalizer", "WhitespaceNormalizer", "build_steps",
+    "curate_frame", "run", "select_curated", "text_hash",
 ]

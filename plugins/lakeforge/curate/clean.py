@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeforge.curate.steps import BatchCleaner, register_step
+from lakeforge.stage.steps import BatchCleaner
 from lakeforge.errors import ConfigError
 
 #: Elements after which a line break is kept when HTML becomes text (block-level elements).
@@ -43,7 +43,6 @@ def html_to_text(html: str) -> str:
     return root.text(deep=True, separator="", strip=False) if root is not None else ""
 
 
-@register_step
 class HtmlToText(BatchCleaner):
     """Turn HTML into plain text with a real HTML parser (see :func:`html_to_text`).
 
@@ -61,7 +60,6 @@ class HtmlToText(BatchCleaner):
         return pc.replace_with_mask(text, has_markup, pa.array([html_to_text(h) for h in html], text.type))
 
 
-@register_step
 class UnicodeNormalizer(BatchCleaner):
     """Unicode normalization (default NFKC): compatibility characters become their plain form —
     ``ﬁ`` → ``fi``, full-width ``ＡＢＣ`` → ``ABC``, ``…`` → ``...``, non-breaking space → space —
@@ -90,7 +88,6 @@ class UnicodeNormalizer(BatchCleaner):
         return pc.replace_with_mask(text, non_ascii, pa.array(values, text.type))
 
 
-@register_step
 class WhitespaceNormalizer(BatchCleaner):
     """Remove control and invisible format characters (zero-width, BOM, soft hyphen, bidi marks),
     collapse whitespace runs to one space, keep paragraph breaks (at most one blank line), trim."""
@@ -113,7 +110,6 @@ class WhitespaceNormalizer(BatchCleaner):
         return pc.utf8_trim_whitespace(text)
 
 
-@register_step
 class Lowercaser(BatchCleaner):
     """Lowercase the text, for models whose tokenizer is case-sensitive but should not be (or to
     match an uncased model's training data). Uncased tokenizers lowercase by themselves: leave this

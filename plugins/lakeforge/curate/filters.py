@@ -6,7 +6,7 @@ The heuristics follow Gopher (Rae et al. 2021, "Scaling Language Models", append
 are often one sentence and need far lower word bounds than web pages. Each check has its own
 snake_case drop reason; a document failing several gets the first in the order listed.
 
-All statistics are computed for a whole Arrow batch at once (see :mod:`lakeforge.curate.text` for
+All statistics are computed for a whole Arrow batch at once (see :mod:`lakeforge.stage.text` for
 what a *word* is) and shared between the filters of a fused pass. Where this differs from
 datatrove, on purpose:
 
@@ -19,14 +19,14 @@ datatrove, on purpose:
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeforge.curate.steps import BatchFilter, register_step
-from lakeforge.curate.text import TextBatch, Words, mix64, ngram_keys, ngram_positions, segment_reduce
+from lakeforge.stage.steps import BatchFilter
+from lakeforge.stage.text import TextBatch, Words, mix64, ngram_keys, ngram_positions, segment_reduce
 from lakeforge.errors import ConfigError
 
 GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -45,7 +45,6 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros(len(num), dtype=np.float64), where=den > 0)
 
 
-@register_step
 class EmptyTextFilter(BatchFilter):
     """Drop rows whose text is null or only whitespace (reason ``empty_text``)."""
 
@@ -57,7 +56,6 @@ class EmptyTextFilter(BatchFilter):
         return np.where(has_content.to_numpy(zero_copy_only=False), None, "empty_text").astype(object)
 
 
-@register_step
 class LengthFilter(BatchFilter):
     """Drop texts shorter than ``min_chars`` (``too_short``) or longer than ``max_chars``
     (``too_long``), counted in characters. A null text counts as length 0."""
@@ -183,7 +181,6 @@ def duplicated_ngram_chars(words: Words, codes: np.ndarray, n: int, n_rows: int,
 # Gopher
 # --------------------------------------------------------------------------------------------
 
-@register_step
 class GopherQualityFilter(BatchFilter):
     """Gopher's quality rules: word-count bounds, mean word length, symbol-to-word ratio, bullet and
     ellipsis lines, share of words without letters, stop-word presence.
@@ -290,7 +287,6 @@ def _thresholds(value: Mapping[int, float] | Sequence[Sequence[float]] | None, w
     return tuple(sorted(out))
 
 
-@register_step
 class GopherRepetitionFilter(BatchFilter):
     """Gopher's repetition rules: duplicated lines and paragraphs (share of them, share of
     characters in them), the most frequent word 2/3/4-gram's share of the characters, and the
@@ -369,7 +365,6 @@ POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cooki
                   "use cookies")
 
 
-@register_step
 class C4QualityFilter(BatchFilter):
     """C4's document rules: placeholder text, code, boilerplate, too few sentences.
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from lakeforge.config import Partition, PipelineConfig
-from lakeforge.curate.dedup import BANDS, CLUSTER, MinHashSigner, NearDeduplicator, PriorIndex
-from lakeforge.curate.io import file_uris, write_files
-from lakeforge.curate.steps import HASH, TEXT, FusedPass
+from lakeforge.config import Partition
+from lakeforge.curate.dedup import CLUSTER, NearDeduplicator, PriorIndex
+from lakeforge.curate.minhash import BANDS, MinHashSigner
 from lakeforge.errors import PublishConflictError
-from lakeforge.lake import Lake, Manifest
+from lakeforge.lake import Manifest
+from lakeforge.stage.chain import FusedPass, union_frames
+from lakeforge.stage.run import StageRun
+from lakeforge.stage.spark_io import file_uris, write_files
+from lakeforge.stage.steps import HASH, TEXT
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -38,14 +41,15 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = 1
 
 
-def _published(lake: Lake, pipeline: PipelineConfig, partition: Partition) -> list[Manifest]:
-    return [lake.read_manifest("curated", pipeline.name, p)
-            for p in lake.published_partitions("curated", pipeline.name) if p.path != partition.path]
+def _published(stage: StageRun) -> list[Manifest]:
+    """The published curated manifests of the stage's pipeline, but its own partition's."""
+    lake, name = stage.lake, stage.pipeline.name
+    return [lake.read_manifest("curated", name, p)
+            for p in lake.published_partitions("curated", name) if p.path != stage.partition.path]
 
 
-def prior_index(spark: "SparkSession", lake: Lake, pipeline: PipelineConfig, partition: Partition,
-                near: NearDeduplicator | None) -> PriorIndex | None:
-    """The index of every published curated partition of ``pipeline`` but ``partition``; None if there is none.
+def prior_index(spark: "SparkSession", stage: StageRun, near: NearDeduplicator | None) -> PriorIndex | None:
+    """The index of every published curated partition of the pipeline but the run's own; None if there is none.
 
     Args:
         near: the chain's near-dedup step (its MinHash parameters decide which segments' bands are
@@ -53,7 +57,8 @@ def prior_index(spark: "SparkSession", lake: Lake, pipeline: PipelineConfig, par
     """
     from pyspark.sql import functions as F
 
-    manifests = _published(lake, pipeline, partition)
+    lake = stage.lake
+    manifests = _published(stage)
     if not manifests:
         return None
     params = near.minhash.to_dict() if near is not None else None
@@ -92,10 +97,10 @@ def prior_index(spark: "SparkSession", lake: Lake, pipeline: PipelineConfig, par
                                              "p_cluster", F.col(BANDS).alias("bands")))
             log.info("index: recomputed band ids of %s (no usable segment for the current MinHash params)", m.partition)
 
-    exact = _union(exact_frames)
+    exact = union_frames(exact_frames)
     bands = None
     if band_frames:
-        bands = (_union(band_frames).where(F.col("bands").isNotNull())
+        bands = (union_frames(band_frames).where(F.col("bands").isNotNull())
                  .select("p_id", "p_cluster", "p_partition", F.posexplode("bands").alias("band", "bucket")))
     by_partition = {m.partition: m for m in manifests}
 
@@ -103,19 +108,10 @@ def prior_index(spark: "SparkSession", lake: Lake, pipeline: PipelineConfig, par
         frames = [spark.read.parquet(*file_uris(lake, by_partition[p].files))
                   .select(F.lit(p).alias("p_partition"), F.col("id").alias("p_id"), F.col(TEXT).alias("p_text"))
                   for p in partitions if by_partition[p].files]
-        return _union(frames)
+        return union_frames(frames)
 
     return PriorIndex(exact=exact, bands=bands, texts=texts,
                       versions={m.partition: m.run_id for m in manifests}, rows=sum(m.rows for m in manifests))
-
-
-def _union(frames: list["DataFrame"]) -> "DataFrame | None":
-    if not frames:
-        return None
-    out = frames[0]
-    for more in frames[1:]:
-        out = out.unionByName(more)
-    return out
 
 
 def index_segment(kept: "DataFrame", partition: Partition) -> "DataFrame":
@@ -126,19 +122,21 @@ def index_segment(kept: "DataFrame", partition: Partition) -> "DataFrame":
     return kept.select(F.lit(partition.path).alias("partition"), "id", HASH, CLUSTER, bands.alias("bands"))
 
 
-def write_segment(lake: Lake, kept: "DataFrame", rows: int, pipeline: PipelineConfig, partition: Partition,
-                  run_id: str, near: NearDeduplicator | None, rows_per_file: int) -> dict[str, Any]:
+def write_segment(stage: StageRun, kept: "DataFrame", rows: int, near: NearDeduplicator | None,
+                  rows_per_file: int) -> dict[str, Any]:
     """Write the partition's index segment under its run prefix; returns ``stats["index"]`` for the manifest."""
-    key = lake.run_part_key("curated", pipeline.name, partition, run_id, "index")
-    files = write_files(lake, index_segment(kept, partition), rows, key, rows_per_file)
+    lake = stage.lake
+    key = lake.run_part_key("curated", stage.pipeline.name, stage.partition, stage.run_id, "index")
+    files = write_files(lake, index_segment(kept, stage.partition), rows, key, rows_per_file)
     return {"format": INDEX_FORMAT, "files": [f.model_dump() for f in files], "rows": rows,
             "minhash": near.minhash.to_dict() if near is not None else None}
 
 
-def check_index_unchanged(lake: Lake, pipeline: PipelineConfig, partition: Partition, prior: PriorIndex | None) -> None:
+def check_index_unchanged(stage: StageRun, prior: PriorIndex | None) -> None:
     """Refuse to publish when the other partitions' manifests changed since the index was read."""
+    pipeline, partition = stage.pipeline, stage.partition
     before = prior.versions if prior is not None else {}
-    now = {m.partition: m.run_id for m in _published(lake, pipeline, partition)}
+    now = {m.partition: m.run_id for m in _published(stage)}
     if now != before:
         changed = sorted(p for p in set(now) | set(before) if now.get(p) != before.get(p))
         raise PublishConflictError(

@@ -1,6 +1,6 @@
 """The curate job: one raw partition in, one curated partition (plus its index segment, excluded
 rows and quality report) out. ``spark-submit jobs/curate.py`` parses its flags into a
-:class:`CurateConfig` and calls :func:`run`.
+:class:`~lakeforge.stage.run.StageRun` and calls :func:`run`.
 
 Order of work, so that a failure at any point publishes nothing and loses nothing:
 
@@ -21,15 +21,16 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from lakeforge.config import Partition, PipelineConfig
 from lakeforge.curate import gates, report
 from lakeforge.curate.dedup import CLUSTER, ExactDeduplicator, NearDeduplicator, text_hash
 from lakeforge.curate.index import check_index_unchanged, prior_index, write_segment
-from lakeforge.curate.io import check_rows_read, file_uris, read_manifest_frame, write_files
-from lakeforge.curate.steps import HASH, TEXT, CurateResult, Step, StepContext, build_steps, run_steps
-from lakeforge.lake import Lake, Manifest, new_run_id
+from lakeforge.curate.steps import build_steps
+from lakeforge.lake import Manifest
+from lakeforge.stage.chain import ChainResult, StepContext, run_steps
+from lakeforge.stage.run import StageRun
+from lakeforge.stage.spark_io import (SparkStageOptions, check_rows_read, file_uris, read_manifest_frame,
+                                      stage_manifest, stage_session, write_files)
+from lakeforge.stage.steps import HASH, TEXT, Step, chain_reasons
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -65,7 +66,7 @@ class TextHasher(Step):
 
 
 def curate_frame(df: "DataFrame", steps: Sequence[Step], *, samples_per_reason: int = 5,
-                 context: StepContext | None = None) -> CurateResult:
+                 context: StepContext | None = None) -> ChainResult:
     """Run the cleaning chain and add ``text_hash`` of the final text (the curated contract).
 
     Args:
@@ -109,129 +110,68 @@ def select_excluded(df: "DataFrame") -> "DataFrame":
 
 
 # --------------------------------------------------------------------------------------------
-# Config and summary
-# --------------------------------------------------------------------------------------------
-
-def safe_run_id(value: str | None) -> str:
-    """``value`` made path-safe (an Airflow run id has ``:`` and ``+``), or a new run id if empty."""
-    if not value:
-        return new_run_id()
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)[:120]
-
-
-class SparkJobConfig(BaseModel):
-    """Arguments of one Spark stage run on one partition (``jobs/curate.py``, ``jobs/features.py``)."""
-
-    model_config = ConfigDict(frozen=True)
-    pipeline: str  # pipeline name (pipelines/<name>.yaml) or a path to its YAML
-    partition: str  # YYYY-MM-DD, or YYYY-MM-DDTHH for hourly pipelines
-    run_id: str = Field(default_factory=new_run_id)  # run prefix in the lake; made path-safe
-    master: str | None = None  # Spark master URL; None: spark_session's default / spark-submit's
-    samples_per_reason: int = 5  # dropped rows per reason recorded in the manifest and the report
-    rows_per_file: int = 1_000_000  # above this, output is split into several files
-
-    @field_validator("run_id", mode="before")
-    @classmethod
-    def _safe_run_id(cls, v: str | None) -> str:
-        return safe_run_id(v)
-
-
-class CurateConfig(SparkJobConfig):
-    """Arguments of one curate run (``jobs/curate.py``)."""
-
-
-def summarize(manifest: Manifest, lake: Lake | None = None) -> dict[str, Any]:
-    """The one-line JSON summary the jobs print: manifest path, rows, dropped counts, report links."""
-    lake = lake or Lake()
-    part = Partition(start=manifest.interval[0], end=manifest.interval[1])
-    path = lake.uri(lake.manifest_key(manifest.layer, manifest.pipeline, part))  # type: ignore[arg-type]
-    summary = {"manifest": path, "layer": manifest.layer, "partition": manifest.partition,
-               "run_id": manifest.run_id, "rows": manifest.rows, "files": len(manifest.files),
-               "dropped": manifest.dropped}
-    for key in ("rows_per_split", "report"):
-        if key in manifest.stats:
-            summary[key] = manifest.stats[key]
-    return summary
-
-
-# --------------------------------------------------------------------------------------------
 # The job
 # --------------------------------------------------------------------------------------------
 
-def chain_reasons(steps: Sequence[Step]) -> list[str]:
-    """Every drop reason the chain can emit."""
-    out: list[str] = []
-    for step in steps:
-        prep = step.prepare()
-        out += [r for r in (*step.reasons, *(prep.reasons if prep else ())) if r not in out]
-    return out
-
-
-def run(config: CurateConfig, *, lake: Lake | None = None, spark: "SparkSession | None" = None) -> Manifest:
-    """Curate one raw partition and publish it as ``curated`` (see the module docstring).
+def run(stage: StageRun, options: SparkStageOptions | None = None, *,
+        spark: "SparkSession | None" = None) -> Manifest:
+    """Curate the run's raw partition and publish it as ``curated`` (see the module docstring).
 
     Args:
-        config: what to curate.
-        lake: the lake to use (default: ``Lake(Settings.load())``); tests pass a local one.
-        spark: a session to use (default: ``lakeforge.spark.spark_session`` with the lake's settings).
+        stage: pipeline, partition, run id and lake (tests pass a local lake).
+        options: Spark master, samples per reason, rows per file.
+        spark: a session to use (default: one with the lake's settings, see :func:`stage_session`).
     Raises:
         DataQualityError: the quality gate failed (nothing published; the report is written).
         ManifestError: the raw partition is missing or does not match its manifest.
         PublishConflictError: another partition was republished while this one was deduplicated.
     """
     t0 = time.monotonic()
-    pipeline = PipelineConfig.load(config.pipeline)
-    partition = Partition.parse(config.partition, pipeline.partition)
-    lake = lake or Lake()
+    options = options or SparkStageOptions()
+    pipeline, partition, lake, run_id = stage.pipeline, stage.partition, stage.lake, stage.run_id
     steps = build_steps(pipeline.curate)  # fail on a bad chain before starting Spark
     gates.check_reasons_known(pipeline.quality_gate, chain_reasons(steps))
     raw_manifest, raw_ref = lake.read_input("raw", pipeline.name, partition)
-    if spark is None:
-        from lakeforge.spark import spark_session
-
-        spark = spark_session(f"curate-{pipeline.name}-{partition.path}", lake.settings, config.master)
+    spark = spark or stage_session(stage, "curate", options)
 
     raw_types = dict(spark.read.parquet(*file_uris(lake, raw_manifest.files)).dtypes) if raw_manifest.files else None
     near = next((s for s in steps if isinstance(s, NearDeduplicator)), None)
     dedups = any(isinstance(s, (ExactDeduplicator, NearDeduplicator)) for s in steps)
-    context = StepContext(prior=prior_index(spark, lake, pipeline, partition, near) if dedups else None)
+    context = StepContext(prior=prior_index(spark, stage, near) if dedups else None)
     raw = context.persist(read_manifest_frame(spark, lake, raw_manifest, RAW_REQUIRED, RAW_SCHEMA))
-    result = curate_frame(raw, steps, samples_per_reason=config.samples_per_reason, context=context)
+    result = curate_frame(raw, steps, samples_per_reason=options.samples_per_reason, context=context)
     try:
         check_rows_read(raw_manifest, result.rows_in)
-        where = f"{pipeline.name} {partition.path}"
-        log.info("curate %s: %d -> %d rows, dropped %s", where, result.rows_in, result.rows_out, result.counts_by_reason)
+        log.info("curate %s: %d -> %d rows, dropped %s", stage.where, result.rows_in, result.rows_out,
+                 result.counts_by_reason)
         checks = gates.evaluate(pipeline.quality_gate, rows_in=result.rows_in, rows_out=result.rows_out,
                                 counts=result.counts_by_reason, raw=raw_manifest, pipeline=pipeline, raw_types=raw_types)
         dedup_stats = dict(context.stats)
         if context.prior is not None:
             dedup_stats["index"] = {"partitions": len(context.prior.versions), "rows": context.prior.rows}
         doc = report.build(
-            pipeline=pipeline.name, partition=partition.path, run_id=config.run_id, inputs=[raw_ref],
+            pipeline=pipeline.name, partition=partition.path, run_id=run_id, inputs=[raw_ref],
             rows_in=result.rows_in, rows_out=result.rows_out, counts=result.counts_by_reason, steps=result.step_stats,
             metrics=result.metrics, samples=result.dropped_samples, lengths_before=report.length_histogram(raw),
             lengths_after=report.length_histogram(result.kept), dedup=dedup_stats,
             gate=[c.to_dict() for c in checks], quarantined=raw_manifest.quarantined, seconds=time.monotonic() - t0)
         links = {
-            "json": lake.put_json(lake.report_key(pipeline.name, partition, config.run_id, "quality.json"), doc),
-            "html": lake.put_bytes(lake.report_key(pipeline.name, partition, config.run_id, "quality.html"),
+            "json": lake.put_json(lake.report_key(pipeline.name, partition, run_id, "quality.json"), doc),
+            "html": lake.put_bytes(lake.report_key(pipeline.name, partition, run_id, "quality.html"),
                                    report.render_html(doc).encode(), "text/html; charset=utf-8"),
         }
-        gates.enforce(checks, where, links["html"])
+        gates.enforce(checks, stage.where, links["html"])
 
-        run_key = lake.run_key("curated", pipeline.name, partition, config.run_id)
-        files = write_files(lake, select_curated(result.kept), result.rows_out, run_key, config.rows_per_file)
-        index = write_segment(lake, with_cluster(result.kept), result.rows_out, pipeline, partition, config.run_id, near, config.rows_per_file)
+        run_key = lake.run_key("curated", pipeline.name, partition, run_id)
+        files = write_files(lake, select_curated(result.kept), result.rows_out, run_key, options.rows_per_file)
+        index = write_segment(stage, with_cluster(result.kept), result.rows_out, near, options.rows_per_file)
         n_dropped = sum(result.counts_by_reason.values())
         excluded = write_files(lake, select_excluded(result.dropped) if result.dropped is not None else None,
-                               n_dropped, lake.run_part_key("curated", pipeline.name, partition, config.run_id, "excluded"),
-                               config.rows_per_file)
-        check_index_unchanged(lake, pipeline, partition, context.prior)
-        manifest = Manifest(
-            layer="curated", pipeline=pipeline.name, partition=partition.path,
-            interval=(partition.start, partition.end), schema_version=pipeline.schema_version,
-            run_id=config.run_id, files=files, rows=result.rows_out, inputs=[raw_ref],
-            dropped=result.counts_by_reason,
+                               n_dropped, lake.run_part_key("curated", pipeline.name, partition, run_id, "excluded"),
+                               options.rows_per_file)
+        check_index_unchanged(stage, context.prior)
+        manifest = stage_manifest(
+            stage, "curated", files, result.rows_out, inputs=[raw_ref], dropped=result.counts_by_reason,
             stats={
                 "rows_in": result.rows_in,
                 "rows_out": result.rows_out,
@@ -250,4 +190,3 @@ def run(config: CurateConfig, *, lake: Lake | None = None, spark: "SparkSession 
         return manifest
     finally:
         result.release()
-

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeforge.curate.steps import BatchStep, register_step
+from lakeforge.stage.steps import BatchStep
 from lakeforge.errors import ConfigError
 
 EMAIL = (r"[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -88,7 +88,6 @@ def scrub_numbers(text: str, kinds: Sequence[str]) -> tuple[str, int, int]:
     return text, counts["card"], counts["phone"]
 
 
-@register_step
 class PiiScrubber(BatchStep):
     """Replace PII with typed placeholders; counts go to the report as ``pii_<kind>``.
 

@@ -11,10 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lakeforge.curate import NearDeduplicator, run_steps
-from lakeforge.curate.dedup import (MinHashParams, band_ids, connected_components, lsh_params, minhash_signatures,
-                                    pair_jaccard, shingle_keys)
-from lakeforge.curate.text import python_jaccard, split_words, word_hashes
+from lakeforge.curate import NearDeduplicator
+from lakeforge.stage.chain import run_steps
+from lakeforge.curate.dedup import connected_components
+from lakeforge.curate.minhash import (MinHashParams, band_ids, lsh_params, minhash_signatures, pair_jaccard,
+                                      shingle_keys)
+from lakeforge.stage.text import python_jaccard, split_words, word_hashes
 from lakeforge.errors import ConfigError
 
 

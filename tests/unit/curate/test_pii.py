@@ -14,7 +14,7 @@ def scrub(text, **params):
     step = PiiScrubber(**params)
     import pyarrow as pa
 
-    from lakeforge.curate.text import TextBatch
+    from lakeforge.stage.text import TextBatch
 
     batch = TextBatch(pa.RecordBatch.from_pydict({"text": pa.array([text], pa.string())}))
     step.process(batch)
@@ -79,7 +79,7 @@ def test_recall_on_planted_pii():
         texts.append(" ".join(sentence) + ".")
     import pyarrow as pa
 
-    from lakeforge.curate.text import TextBatch
+    from lakeforge.stage.text import TextBatch
 
     batch = TextBatch(pa.RecordBatch.from_pydict({"text": pa.array(texts)}))
     PiiScrubber().process(batch)

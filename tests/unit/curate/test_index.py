@@ -8,9 +8,10 @@ import hashlib
 import pyarrow.parquet as pq
 import pytest
 
-from lakeforge.curate import CurateConfig, run
+from lakeforge.curate import run
 from lakeforge.curate.index import prior_index
 from lakeforge.errors import DataQualityError, PublishConflictError
+from lakeforge.stage.run import StageRun
 
 BASE = [
     "A slow burn of a thriller that pays off in its last act, with a performance that will stay with me for weeks.",
@@ -57,7 +58,7 @@ def curated_template(spark, tmp_path_factory, make_lake, raw_writer, pipeline_wr
     for day, rows in DAYS.items():
         raw_writer(lake, [{"id": i, "text": t, "label": 1} for i, t in rows], partition=day)
     for day in DAYS:
-        run(CurateConfig(pipeline=pipeline, partition=day, run_id=f"r-{day}"), lake=lake, spark=spark)
+        run(StageRun.create(pipeline, day, f"r-{day}", lake=lake), spark=spark)
     return lake.root, pipeline, [Partition.parse(day) for day in DAYS]
 
 
@@ -96,10 +97,10 @@ def test_rerun_gives_the_same_content_whatever_the_order(spark, local_lake, back
     pipeline, m = backfill
     before = {day: content_hash(local_lake, m[day])[0] for day in DAYS}
     # rerun the middle day after the later one was curated: the index holds both neighbours
-    again = run(CurateConfig(pipeline=pipeline, partition="2026-11-21", run_id="again"), lake=local_lake, spark=spark)
+    again = run(StageRun.create(pipeline, "2026-11-21", "again", lake=local_lake), spark=spark)
     assert content_hash(local_lake, again)[0] == before["2026-11-21"]
     assert again.dropped == m["2026-11-21"].dropped
-    first = run(CurateConfig(pipeline=pipeline, partition="2026-11-20", run_id="again"), lake=local_lake, spark=spark)
+    first = run(StageRun.create(pipeline, "2026-11-20", "again", lake=local_lake), spark=spark)
     assert content_hash(local_lake, first)[0] == before["2026-11-20"]
 
 
@@ -114,27 +115,25 @@ def test_crash_before_publish_leaves_partition_and_index_old(spark, local_lake, 
 
     monkeypatch.setattr(local_lake, "publish", crash)
     with pytest.raises(KeyboardInterrupt):
-        run(CurateConfig(pipeline=pipeline, partition="2026-11-20", run_id="crashed"), lake=local_lake, spark=spark)
+        run(StageRun.create(pipeline, "2026-11-20", "crashed", lake=local_lake), spark=spark)
     monkeypatch.undo()
     from lakeforge.config import Partition
 
     part = Partition.parse("2026-11-20")
     published = local_lake.read_manifest("curated", "movie_reviews", part)
     assert published.run_id == "r-2026-11-20"  # both old: data ...
-    prior = prior_index(spark, local_lake, __import__("lakeforge.config", fromlist=["PipelineConfig"]).PipelineConfig.load(pipeline),
-                        Partition.parse("2026-11-22"), None)
+    prior = prior_index(spark, StageRun.create(pipeline, "2026-11-22", lake=local_lake), None)
     assert sorted(r["p_id"] for r in prior.exact.collect()) == ["a1", "a2", "a3", "b3"]  # ... and index
     # the rerun publishes both new; the crashed run's files are removed with it
-    fixed = run(CurateConfig(pipeline=pipeline, partition="2026-11-20", run_id="fixed"), lake=local_lake, spark=spark)
+    fixed = run(StageRun.create(pipeline, "2026-11-20", "fixed", lake=local_lake), spark=spark)
     assert ids(local_lake, fixed) == ["a1", "a2", "a3", "a9"]
-    prior = prior_index(spark, local_lake, __import__("lakeforge.config", fromlist=["PipelineConfig"]).PipelineConfig.load(pipeline),
-                        Partition.parse("2026-11-22"), None)
+    prior = prior_index(spark, StageRun.create(pipeline, "2026-11-22", lake=local_lake), None)
     assert sorted(r["p_id"] for r in prior.exact.collect()) == ["a1", "a2", "a3", "a9", "b3"]
     assert sorted(p.name for p in (local_lake.root / "curated/movie_reviews/dt=2026-11-20").glob("run=*")) == ["run=fixed"]
     # the new index entry is used: a copy of a9 arriving in day 3 is dropped there
     publish_raw([{"id": i, "text": t, "label": 1} for i, t in DAYS["2026-11-22"] + [("c9", NEW)]],
                 partition="2026-11-22")
-    day3 = run(CurateConfig(pipeline=pipeline, partition="2026-11-22", run_id="again"), lake=local_lake, spark=spark)
+    day3 = run(StageRun.create(pipeline, "2026-11-22", "again", lake=local_lake), spark=spark)
     assert ids(local_lake, day3) == ["c3", "c4"]
     assert day3.dropped["exact_duplicate_cross_partition"] == 2  # c2 = b3, c9 = a9
 
@@ -145,14 +144,15 @@ def test_publish_refused_when_another_partition_changed_meanwhile(spark, local_l
 
     real = job.check_index_unchanged
 
-    def republish_day1_first(lake, pipeline_cfg, partition, prior):
+    def republish_day1_first(stage, prior):
+        lake = stage.lake
         stale = lake.read_manifest("curated", "movie_reviews", __import__("lakeforge.config", fromlist=["Partition"]).Partition.parse("2026-11-20"))
         lake.publish(stale.model_copy(update={"run_id": "concurrent"}))
-        return real(lake, pipeline_cfg, partition, prior)
+        return real(stage, prior)
 
     monkeypatch.setattr(job, "check_index_unchanged", republish_day1_first)
     with pytest.raises(PublishConflictError, match=r"dt=2026-11-20"):
-        run(CurateConfig(pipeline=pipeline, partition="2026-11-22", run_id="late"), lake=local_lake, spark=spark)
+        run(StageRun.create(pipeline, "2026-11-22", "late", lake=local_lake), spark=spark)
 
 
 def test_gate_failure_publishes_nothing_and_blocks_only_its_partition(spark, local_lake, publish_raw, tiny_pipeline):
@@ -162,7 +162,7 @@ def test_gate_failure_publishes_nothing_and_blocks_only_its_partition(spark, loc
     publish_raw([{"id": "y1", "text": BASE[1], "label": 1}, {"id": "y2", "text": BASE[2], "label": 0}],
                 partition="2026-11-21")
     with pytest.raises(DataQualityError) as err:
-        run(CurateConfig(pipeline=strict, partition="2026-11-20", run_id="g1"), lake=local_lake, spark=spark)
+        run(StageRun.create(strict, "2026-11-20", "g1", lake=local_lake), spark=spark)
     message = str(err.value)
     assert "min_rows: 1 curated rows, at least 2 required" in message
     assert "max_drop_rate[too_short]: 2 of 3 input rows dropped (66.7%), limit 20.0%" in message
@@ -172,5 +172,5 @@ def test_gate_failure_publishes_nothing_and_blocks_only_its_partition(spark, loc
     report = next((local_lake.root / "reports/movie_reviews/dt=2026-11-20").glob("run=g1/quality.json")).read_text()
     assert '"passed": false' in report
     # the next day does not depend on it
-    ok = run(CurateConfig(pipeline=strict, partition="2026-11-21", run_id="g2"), lake=local_lake, spark=spark)
+    ok = run(StageRun.create(strict, "2026-11-21", "g2", lake=local_lake), spark=spark)
     assert ok.rows == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lakeforge.curate import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
-from lakeforge.curate.text import python_words, split_words
+from lakeforge.stage.text import python_words, split_words
 from lakeforge.errors import ConfigError
 
 GOOD = ("The film was a quiet delight, and the cast gives it warmth. I would watch it again with my family, "

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from lakeforge.curate import CurateConfig
 from lakeforge.curate import run as run_curate
 from lakeforge.errors import ConfigError, ManifestError
-from lakeforge.features import (FEATURES_COLUMNS, FeaturesConfig, TokenizerSpec, assign_split, features_frame,
-                                map_labels, run, split_stats)
+from lakeforge.features import (FEATURES_COLUMNS, TokenizerSpec, assign_split, features_frame, map_labels, run,
+                                split_stats)
+from lakeforge.stage.run import StageRun
 
 RATIOS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
@@ -101,14 +101,14 @@ def test_tokenizer_ids_equal_autotokenizer(side):
     from transformers import AutoTokenizer
 
     from lakeforge.config import PipelineConfig
-    from lakeforge.features import resolve_tokenizer
+    from lakeforge.weights import resolve_weights
 
     pipeline = PipelineConfig.load("movie_reviews")
-    spec = TokenizerSpec(path=str(resolve_tokenizer(pipeline.model.base)), max_length=16, truncation_side=side,
+    spec = TokenizerSpec(path=str(resolve_weights(pipeline.model.base, "tokenizer.json") / "tokenizer.json"), max_length=16, truncation_side=side,
                          batch_rows=2)
     texts = ["A moving, beautifully acted film.", "word " * 40 + "the verdict: superb!", "", "Ünïcödé <EMAIL_ADDRESS> 10/10"]
     ids, truncated = spec.encode(texts)
-    auto = AutoTokenizer.from_pretrained(str(resolve_tokenizer(pipeline.model.base).parent), truncation_side=side)
+    auto = AutoTokenizer.from_pretrained(str(resolve_weights(pipeline.model.base, "tokenizer.json")), truncation_side=side)
     assert ids == auto(texts, truncation=True, max_length=16)["input_ids"]
     assert truncated == [False, True, False, False]
 
@@ -128,10 +128,8 @@ def test_run_publishes_features(spark, local_lake, publish_raw, tiny_pipeline):
     chain = [s for s in yaml.safe_load((PIPELINES_DIR / "movie_reviews.yaml").read_text())["curate"]
              if s["name"] != "near_dedup"]  # the 40 templated reviews are near-duplicates of each other
     pipeline = tiny_pipeline(curate=chain)
-    run_curate(CurateConfig(pipeline=pipeline, partition="2026-11-23", run_id="c1"), lake=local_lake,
-               spark=spark)
-    manifest = run(FeaturesConfig(pipeline=pipeline, partition="2026-11-23", run_id="f1"),
-                   lake=local_lake, spark=spark)
+    run_curate(StageRun.create(pipeline, "2026-11-23", "c1", lake=local_lake), spark=spark)
+    manifest = run(StageRun.create(pipeline, "2026-11-23", "f1", lake=local_lake), spark=spark)
     assert (manifest.layer, manifest.rows, manifest.dropped) == ("features", 40, {"unknown_label": 1})
     assert manifest.inputs[0]["path"].endswith("curated/movie_reviews/dt=2026-11-23/_MANIFEST.json")
     assert sum(manifest.stats["rows_per_split"].values()) == 40
@@ -154,9 +152,9 @@ def test_run_empty_partition(spark, local_lake, publish_raw, tiny_pipeline):
     """0 raw rows: curate and features publish manifests with 0 rows and no files."""
     publish_raw([], partition="2026-11-24")
     pipeline = tiny_pipeline()
-    curated = run_curate(CurateConfig(pipeline=pipeline, partition="2026-11-24"), lake=local_lake, spark=spark)
+    curated = run_curate(StageRun.create(pipeline, "2026-11-24", lake=local_lake), spark=spark)
     assert (curated.rows, curated.files, curated.stats["rows_in"]) == (0, [], 0)
-    manifest = run(FeaturesConfig(pipeline=pipeline, partition="2026-11-24"), lake=local_lake, spark=spark)
+    manifest = run(StageRun.create(pipeline, "2026-11-24", lake=local_lake), spark=spark)
     assert (manifest.rows, manifest.files) == (0, [])
     assert manifest.stats["rows_per_split"] == {"train": 0, "validation": 0, "test": 0}
 
@@ -164,4 +162,4 @@ def test_run_empty_partition(spark, local_lake, publish_raw, tiny_pipeline):
 def test_run_without_curated_partition_fails_loudly(spark, local_lake, publish_raw):
     publish_raw([], partition="2026-11-25")
     with pytest.raises(ManifestError, match="curated"):
-        run(FeaturesConfig(pipeline="movie_reviews", partition="2026-11-25"), lake=local_lake, spark=spark)
+        run(StageRun.create("movie_reviews", "2026-11-25", lake=local_lake), spark=spark)

@@ -1,0 +1,163 @@
+"""The features job: one curated partition in, training rows out (``spark-submit jobs/features.py``).
+
+Columns: ``id, text, label, split`` (what any trainer needs), plus ``input_ids`` (list<int32>, the
+model's fast tokenizer run inside Spark, batched in ``mapInArrow``, with the special tokens, the
+pipeline's ``max_length`` and truncation side; :mod:`~lakeforge.features.tokens`), ``num_tokens``
+(int32) and ``cluster_id`` (the near-duplicate cluster curate assigned; a row without
+near-duplicates is its own cluster), split by cluster (:mod:`~lakeforge.features.split`).
+
+Labels are mapped by the pipeline's ``features.label_map`` when it has one; labels outside the
+model's label list are dropped with reason ``unknown_label`` and counted in the manifest. Files are
+zstd Parquet in row groups a streaming reader can take one at a time; token statistics go into the
+manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from lakeforge.errors import ConfigError
+from lakeforge.features.split import _split_bounds, assign_split, split_stats
+from lakeforge.features.tokens import TokenizerSpec, token_stats, tokenize_function
+from lakeforge.lake import Manifest
+from lakeforge.stage.chain import ChainResult, run_steps
+from lakeforge.stage.run import StageRun
+from lakeforge.stage.spark_io import (SparkStageOptions, check_rows_read, publish_frame, read_manifest_frame,
+                                      stage_session)
+from lakeforge.stage.steps import HASH, RowFilter
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+FEATURES_COLUMNS = ("id", "text", "label", "split", "input_ids", "num_tokens", "cluster_id")
+CURATED_REQUIRED = {"id": "string", "text": "string", "label": "bigint", "text_hash": "string"}
+CURATED_EMPTY_SCHEMA = "id string, text string, label bigint, text_hash string, cluster_id string"
+#: Parquet row-group size of the features files: a streaming reader's unit of work.
+ROW_GROUP_BYTES = 16 << 20
+
+
+class LabelRangeFilter(RowFilter):
+    """Drop rows whose label is null or not an index into the model's labels (``unknown_label``)."""
+
+    name = "label_range"
+    reasons = ("unknown_label",)
+
+    def __init__(self, num_labels: int):
+        """Args:
+            num_labels: number of class labels; valid label ids are ``0 .. num_labels-1``.
+        """
+        if num_labels < 1:
+            raise ConfigError(f"a model needs at least one label, got num_labels={num_labels}")
+        self.num_labels = int(num_labels)
+
+    def drop_reason(self):
+        from pyspark.sql import functions as F
+
+        label = F.col("label")
+        valid = label.isNotNull() & (label >= 0) & (label < self.num_labels)
+        return F.when(~valid, F.lit("unknown_label"))
+
+
+def map_labels(df: "DataFrame", labels: Sequence[str], label_map: Mapping[int, str] | None) -> "DataFrame":
+    """Raw labels -> label ids by ``label_map`` (raw value -> label name); unmapped become null
+    (then dropped as ``unknown_label``). Without a map, the raw label is the id."""
+    from pyspark.sql import functions as F
+
+    if not label_map:
+        return df
+    unknown = sorted({name for name in label_map.values() if name not in labels})
+    if unknown:
+        raise ConfigError(f"features.label_map names labels the model does not have: {unknown}; model labels: {list(labels)}")
+    pairs = [x for raw, name in sorted(label_map.items()) for x in (F.lit(int(raw)), F.lit(labels.index(name)))]
+    return df.withColumn("label", F.create_map(*pairs)[F.col("label")].cast("bigint"))
+
+
+def features_frame(df: "DataFrame", labels: Sequence[str], ratios: Mapping[str, float], *,
+                   tokenizer: TokenizerSpec | None = None, label_map: Mapping[int, str] | None = None,
+                   samples_per_reason: int = 5) -> ChainResult:
+    """Map and validate labels, assign splits by cluster, tokenize, keep the features columns.
+
+    Args:
+        df: curated rows (``id, text, label, text_hash``, and ``cluster_id`` from curate; a partition
+            curated before clusters existed splits by ``text_hash``).
+        labels: the model's label names (``ModelSpec.labels``); label ids index into them.
+        ratios: split -> share (the pipeline's ``split``).
+        tokenizer: how to tokenize; None leaves ``input_ids`` empty and ``num_tokens`` 0 (tests).
+        label_map: raw label value -> label name (``features.label_map``).
+        samples_per_reason: dropped rows kept per reason for the manifest.
+    Returns:
+        a result whose ``kept`` has :data:`FEATURES_COLUMNS` plus ``_truncated`` (persisted).
+    """
+    from pyspark.sql import functions as F
+
+    _split_bounds(ratios)  # validate before any Spark work
+    if "cluster_id" not in df.columns:
+        df = df.withColumn("cluster_id", F.col(HASH))
+    df = map_labels(df.withColumn("cluster_id", F.coalesce("cluster_id", HASH)), labels, label_map)
+    result = run_steps(df, [LabelRangeFilter(len(labels))], samples_per_reason=samples_per_reason)
+    rows = assign_split(result.kept, ratios).select(
+        F.col("id").cast("string"), F.col("text").cast("string"), F.col("label").cast("bigint"), F.col("split"),
+        F.col("cluster_id").cast("string"))
+    if tokenizer is not None:
+        rows = rows.mapInArrow(tokenize_function(tokenizer),
+                               "id string, text string, label bigint, split string, cluster_id string,"
+                               " input_ids array<int>, num_tokens int, _truncated boolean")
+    else:
+        rows = rows.withColumns({"input_ids": F.array().cast("array<int>"), "num_tokens": F.lit(0),
+                                 "_truncated": F.lit(False)})
+    rows = rows.select(*FEATURES_COLUMNS, "_truncated").persist()
+    rows.count()  # materialize before dropping the cache it is computed from
+    result.release()
+    result.kept = rows
+    return result
+
+
+def run(stage: StageRun, options: SparkStageOptions | None = None, *,
+        spark: "SparkSession | None" = None) -> Manifest:
+    """Build features for the run's curated partition and publish them as ``features``.
+
+    Args:
+        stage: pipeline, partition, run id and lake (tests pass a local lake).
+        options: Spark master, samples per reason, rows per file.
+        spark: a session to use (default: one with the lake's settings, see :func:`stage_session`).
+    """
+    options = options or SparkStageOptions()
+    pipeline, partition, lake = stage.pipeline, stage.partition, stage.lake
+    labels = pipeline.model.labels
+    curated_manifest, curated_ref = lake.read_input("curated", pipeline.name, partition)
+    inputs = [curated_ref]
+    spark = spark or stage_session(stage, "features", options)
+
+    tokenizer = TokenizerSpec.of(pipeline)
+    curated = read_manifest_frame(spark, lake, curated_manifest, CURATED_REQUIRED, CURATED_EMPTY_SCHEMA)
+    result = features_frame(curated, labels, pipeline.split, tokenizer=tokenizer,
+                            label_map=pipeline.features.label_map, samples_per_reason=options.samples_per_reason)
+    check_rows_read(curated_manifest, result.rows_in)
+    from pyspark.sql import functions as F
+
+    clusters = result.kept.groupBy("cluster_id").count()
+    cluster_row = clusters.agg(F.count(F.lit(1)).alias("n"),
+                               F.sum(F.when(F.col("count") > 1, F.col("count")).otherwise(0)).alias("shared")).first()
+    stats = {
+        "rows_in": result.rows_in,
+        "rows_out": result.rows_out,
+        **split_stats(result.kept, labels),
+        "split_ratios": dict(pipeline.split),
+        "split_by": "cluster_id",
+        "clusters": {"distinct": int(cluster_row["n"] or 0), "rows_in_shared_clusters": int(cluster_row["shared"] or 0)},
+        "tokens": token_stats(result.kept, tokenizer),
+        "dropped_samples": result.dropped_samples,
+    }
+    if "report" in curated_manifest.stats:  # the quality report travels on to the trainer
+        stats["curate_report"] = curated_manifest.stats["report"]
+    log.info("features %s: %d rows, per split %s, dropped %s", stage.where,
+             result.rows_out, stats["rows_per_split"], result.counts_by_reason)
+    try:
+        return publish_frame(stage, result.kept.drop("_truncated"), result.rows_out, layer="features",
+                             rows_per_file=options.rows_per_file, inputs=inputs, dropped=result.counts_by_reason,
+                             stats=stats, row_group_bytes=ROW_GROUP_BYTES)
+    finally:
+        result.release()
