@@ -6,7 +6,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -151,14 +150,15 @@ def ingest(pipeline: str = typer.Option("movie_reviews", help="pipeline name or 
            force: bool = typer.Option(False, "--force", help="land even if the topic has not passed end + lateness"),
            run_id: Optional[str] = typer.Option(None, help="run id (default: generated)")) -> None:
     """Land one partition from Kafka into the lake (what the DAG's land_events task runs)."""
-    from lakeforge.ingest import IngestConfig, metrics_of, run
+    from lakeforge.ingest import IngestOptions, run
+    from lakeforge.stage.run import StageRun, summarize
 
     try:
-        m = run(IngestConfig(pipeline=pipeline, partition=partition, force=force, run_id=run_id),
-                progress=lambda msg: Console(stderr=True).print(f"[dim]{msg}[/dim]"))
+        stage = StageRun.create(pipeline, partition, run_id)
+        m = run(stage, IngestOptions(force=force), progress=lambda msg: Console(stderr=True).print(f"[dim]{msg}[/dim]"))
     except LakeforgeError as exc:
         _fail(exc)
-    print(json.dumps(metrics_of(m)))
+    print(json.dumps(summarize(m, stage.lake)))
 
 
 @app.command()

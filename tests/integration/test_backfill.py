@@ -9,13 +9,11 @@ exactly the producer's ground truth: every landed id once, every quarantined rec
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 

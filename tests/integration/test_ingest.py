@@ -19,9 +19,10 @@ import yaml
 from lakeforge.config import PIPELINES_DIR, Partition
 from lakeforge.errors import (ConcurrentRunError, PartitionIncompleteError, SourceUnavailableError,
                               TimestampSkewError)
-from lakeforge.ingest import IngestConfig, run
+from lakeforge.ingest import IngestOptions, run
 from lakeforge.lake import Lake
 from lakeforge.produce import FaultRates, ProduceConfig, produce
+from lakeforge.stage.run import StageRun
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +70,7 @@ def test_partitions_equal_ground_truth(produced, settings):
     lake = Lake(settings)
     landed_total = 0
     for d in (day(3), day(2), day(1)):
-        m = run(IngestConfig(pipeline=produced["pipeline"], partition=d), settings)
+        m = run(StageRun.create(produced["pipeline"], d, settings=settings))
         table = lake.read_table(m)
         expected = [t for t in produced["truth"] if t["partition"] == f"dt={d}"]
         want_ids = sorted(t["id"] for t in expected if t["outcome"] == "landed")
@@ -96,7 +97,7 @@ def test_topic_size_counts_what_was_produced(produced, settings):
 
 
 def test_landing_exports_prometheus_metrics(produced, settings):
-    run(IngestConfig(pipeline=produced["pipeline"], partition=day(1)), settings)
+    run(StageRun.create(produced["pipeline"], day(1), settings=settings))
     text = (settings.home / "metrics" / f"ingest_{produced['name']}.prom").read_text()
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -110,8 +111,8 @@ def test_landing_exports_prometheus_metrics(produced, settings):
 
 def test_rerun_replaces_partition_with_identical_content(produced, settings):
     lake = Lake(settings)
-    first = run(IngestConfig(pipeline=produced["pipeline"], partition=day(2)), settings)
-    second = run(IngestConfig(pipeline=produced["pipeline"], partition=day(2)), settings)
+    first = run(StageRun.create(produced["pipeline"], day(2), settings=settings))
+    second = run(StageRun.create(produced["pipeline"], day(2), settings=settings))
     assert [f.sha256 for f in first.files] == [f.sha256 for f in second.files]
     assert [f.sha256 for f in first.quarantine_files] == [f.sha256 for f in second.quarantine_files]
     assert first.kafka_offsets == second.kafka_offsets
@@ -126,7 +127,7 @@ def test_rerun_replaces_partition_with_identical_content(produced, settings):
 
 def test_quarantine_keeps_raw_bytes_and_reason(produced, settings):
     lake = Lake(settings)
-    m = run(IngestConfig(pipeline=produced["pipeline"], partition=day(3)), settings)
+    m = run(StageRun.create(produced["pipeline"], day(3), settings=settings))
     assert m.quarantine_files, "faults were injected, quarantine must not be empty"
     q = pq.read_table(lake.arrow_path(m.quarantine_files[0].path), filesystem=lake.fs).to_pylist()
     sent = {t["sha256"]: t for t in produced["truth"]}
@@ -142,8 +143,8 @@ def test_incomplete_partition_waits_unless_forced(produced, settings):
     """END's own day: the stream has not passed its end + lateness, so landing refuses; force lands it."""
     last = END.strftime("%Y-%m-%d")
     with pytest.raises(PartitionIncompleteError, match="allowed lateness"):
-        run(IngestConfig(pipeline=produced["pipeline"], partition=last), settings)
-    m = run(IngestConfig(pipeline=produced["pipeline"], partition=last, force=True), settings)
+        run(StageRun.create(produced["pipeline"], last, settings=settings))
+    m = run(StageRun.create(produced["pipeline"], last, settings=settings), IngestOptions(force=True))
     assert m.rows == sum(1 for t in produced["after"] if t["partition"] == f"dt={last}") and m.stats["forced"]
 
 
@@ -155,10 +156,10 @@ def test_concurrent_run_for_the_same_partition_fails_clearly(produced, settings)
     key = lake.partition_key("raw", produced["name"], Partition.parse(day(1)))
     with partition_lock(settings, key, "manual__holder-run"):
         with pytest.raises(ConcurrentRunError, match="manual__holder-run"):
-            run(IngestConfig(pipeline=produced["pipeline"], partition=day(1)), settings)
+            run(StageRun.create(produced["pipeline"], day(1), settings=settings))
     assert lake.read_manifest("raw", produced["name"], Partition.parse(day(1))).run_id == before.run_id
     # the lock is released with its holder: the next run goes through
-    assert run(IngestConfig(pipeline=produced["pipeline"], partition=day(1)), settings).rows == before.rows
+    assert run(StageRun.create(produced["pipeline"], day(1), settings=settings)).rows == before.rows
 
 
 def test_late_records_are_counted_and_relanded(services, settings, tmp_path):
@@ -167,24 +168,24 @@ def test_late_records_are_counted_and_relanded(services, settings, tmp_path):
     zero = FaultRates(**{k: 0 for k in FaultRates.model_fields})
     produce(ProduceConfig(pipeline=path, records=300, days=3, end=END, seed=21, faults=zero,
                           truth_path=tmp_path / "ontime.jsonl"), settings)
-    first = run(IngestConfig(pipeline=path, partition=day(3)), settings)
+    first = run(StageRun.create(path, day(3), settings=settings))
     # 25 more events stamped inside day(3), sent after it was landed
     produce(ProduceConfig(pipeline=path, records=25, days=1, end=END - timedelta(days=2), seed=22, faults=zero,
                           truth_path=tmp_path / "late.jsonl"), settings)
     late = read_truth(tmp_path / "late.jsonl")
     assert {t["partition"] for t in late} == {f"dt={day(3)}"}
-    nxt = run(IngestConfig(pipeline=path, partition=day(2)), settings)
+    nxt = run(StageRun.create(path, day(2), settings=settings))
     assert nxt.stats["late_partitions"] == {f"dt={day(3)}": 25}
     day2_ids = set(Lake(settings).read_table(nxt, columns=["id"]).column("id").to_pylist())
     assert not day2_ids & {t["id"] for t in late}  # late rows belong to their own day, not the reading one
-    relanded = run(IngestConfig(pipeline=path, partition=day(3)), settings)
+    relanded = run(StageRun.create(path, day(3), settings=settings))
     assert relanded.stats["late_rows"] == 25 and relanded.rows == first.rows + 25
     ontime = [t["id"] for t in read_truth(tmp_path / "ontime.jsonl") if t["partition"] == f"dt={day(3)}"]
     ids = Lake(settings).read_table(relanded, columns=["id"]).column("id").to_pylist()
     assert sorted(ids) == sorted(ontime + [t["id"] for t in late])
     assert len(ids) == len(set(ids))
     # nothing late is left for the next landing to report
-    assert run(IngestConfig(pipeline=path, partition=day(2)), settings).stats["late_partitions"] == {}
+    assert run(StageRun.create(path, day(2), settings=settings)).stats["late_partitions"] == {}
 
 
 def test_kill_9_mid_partition_then_rerun_publishes_exactly_the_truth(services, settings, tmp_path):
@@ -212,7 +213,7 @@ def test_kill_9_mid_partition_then_rerun_publishes_exactly_the_truth(services, s
 
     with pytest.raises(ManifestError):  # nothing half-published
         lake.read_manifest("raw", name, part)
-    m = run(IngestConfig(pipeline=path, partition=d, force=True), settings)
+    m = run(StageRun.create(path, d, settings=settings), IngestOptions(force=True))
     truth = read_truth(tmp_path / "truth.jsonl")
     want = sorted(t["id"] for t in truth if t["partition"] == f"dt={d}" and t["outcome"] == "landed")
     assert sorted(lake.read_table(m, columns=["id"]).column("id").to_pylist()) == want
@@ -231,7 +232,7 @@ def test_broker_unavailable_retries_then_fails_clearly(services, settings, tmp_p
     dead_settings = settings.model_copy(update={"kafka_bootstrap": dead})
     t0 = time.monotonic()
     with pytest.raises(SourceUnavailableError, match="unreachable after 2 attempts"):
-        run(IngestConfig(pipeline=path, partition=day(1), force=True), dead_settings)
+        run(StageRun.create(path, day(1), settings=dead_settings), IngestOptions(force=True))
     assert time.monotonic() - t0 < 60
     lake = Lake(settings)
     prefix = lake.partition_key("raw", name, Partition.parse(day(1)))
@@ -247,8 +248,7 @@ def test_s3_unavailable_publishes_nothing(produced, settings):
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(Exception):
-        run(IngestConfig(pipeline=produced["pipeline"], partition=day(2)),
-            settings.model_copy(update={"s3_endpoint": dead}))
+        run(StageRun.create(produced["pipeline"], day(2), settings=settings.model_copy(update={"s3_endpoint": dead})))
     assert lake.read_manifest("raw", produced["name"], Partition.parse(day(2))) == before
 
 
@@ -268,4 +268,4 @@ def test_timestamp_skew_beyond_the_bound_fails_instead_of_missing_records(servic
         p.produce(topic, json.dumps(ev).encode(), timestamp=int((t - timedelta(hours=2)).timestamp() * 1000))
     p.flush(30)
     with pytest.raises(TimestampSkewError, match="max_timestamp_skew_s"):
-        run(IngestConfig(pipeline=path, partition=day(1), force=True), settings)
+        run(StageRun.create(path, day(1), settings=settings), IngestOptions(force=True))

@@ -42,7 +42,7 @@ appender.stdout.layout.type = PatternLayout
 appender.stdout.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
 rootLogger.appenderRef.stdout.ref = STDOUT
-# chatty loggers: per-request and per-partition state changes
+# chatty loggers: per-request and per-topic-partition state changes
 logger.request.name = kafka.request.logger
 logger.request.level = WARN
 logger.statechange.name = state.change.logger
@@ -197,14 +197,14 @@ class KafkaService(ProcessService):
             admin.close()
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int = 3, replication_factor: int = 1,
+def create_topic(bootstrap: str, topic: str, topic_partitions: int = 3, replication_factor: int = 1,
                  configs: dict[str, str] | None = None, timeout_ms: int = 15000) -> bool:
     """Create ``topic`` unless it exists. Returns True when created, False when it was there.
 
     Args:
         bootstrap: ``host:port`` of a broker.
         topic: topic name.
-        partitions: number of partitions of a new topic (an existing topic is left as it is).
+        topic_partitions: number of Kafka topic-partitions of a new topic (an existing topic is left as it is).
         replication_factor: 1 for the embedded broker.
         configs: topic-level configs, e.g. ``{"retention.ms": "-1"}``.
         timeout_ms: how long the broker may take, and how long to wait for leaders.
@@ -216,7 +216,7 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 3, replication_fa
                              request_timeout_ms=timeout_ms)
     try:
         admin.create_topics(
-            {topic: {"num_partitions": partitions, "replication_factor": replication_factor,
+            {topic: {"num_partitions": topic_partitions, "replication_factor": replication_factor,
                      "configs": dict(configs or {})}},
             timeout_ms=timeout_ms,
             wait_for_metadata=True,
