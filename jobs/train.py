@@ -1,7 +1,9 @@
 """Entry point of the training task: ``torchrun --standalone --nproc-per-node=N jobs/train.py …``.
 
-Parses flags into a :class:`lakeforge.train.TrainConfig`, calls :func:`lakeforge.train.run`, and
-prints a one-line JSON summary (run_id, version, metrics, candidates) as the last line of stdout on
+Builds the :class:`~lakeforge.stage.run.StageRun` once from ``--pipeline``/``--partition`` (run id:
+``AIRFLOW_CTX_DAG_RUN_ID`` when set), parses the other flags into a
+:class:`lakeforge.train.TrainConfig`, calls ``lakeforge.train.run(stage, config)``, and prints a
+one-line JSON summary (run_id, version, metrics, candidates, partition) as the last line of stdout on
 rank 0, which the Airflow task pushes to XCom for ``promote_model``. Runs as a plain
 ``python jobs/train.py …`` too.
 
@@ -48,18 +50,19 @@ def main(
 ) -> None:
     """Fine-tune the pipeline's model on one features partition and register a new version."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from lakeforge.stage.run import StageRun
     from lakeforge.train import TrainConfig, run  # heavy (torch, transformers): after arg parsing
     from lakeforge.train.dist import die_with_parent
 
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: never outlive it (run() does it too)
         die_with_parent()
+    stage = StageRun.create(pipeline, partition, os.environ.get("AIRFLOW_CTX_DAG_RUN_ID") or None)
     overrides = {k: v for k, v in {"max_steps": max_steps, "run_name": run_name, "profile": profile,
                                    "tracking_uri": tracking_uri, "run_key": run_key}.items() if v is not None}
-    config = TrainConfig(pipeline=pipeline, partition=partition, overrides=parse_overrides(set_), resume=resume,
-                         **overrides)
-    result = run(config)
+    config = TrainConfig(overrides=parse_overrides(set_), resume=resume, **overrides)
+    result = run(stage, config)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({**result.as_dict(), "partition": partition}), flush=True)
+        print(json.dumps({**result.as_dict(), "partition": stage.partition.path}), flush=True)
 
 
 if __name__ == "__main__":

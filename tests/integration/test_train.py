@@ -28,8 +28,9 @@ import yaml
 
 from lakeforge.config import PIPELINES_DIR, Partition
 from lakeforge.lake import Lake, Manifest
-from lakeforge.operators import train_command
 from lakeforge.train import checkpoint as ckpt
+from lakeforge.train.launch import torchrun_command
+from lakeforge.train.summary import run_key
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,7 @@ def launch(pipeline, run_id: str, try_number: int) -> subprocess.Popen:
     """The train_model task's command, as BashOperator starts it (own session, Airflow's context env)."""
     import jinja2
 
-    cmd = jinja2.Template(train_command(pipeline["name"], PARTITION)).render(params={})
+    cmd = jinja2.Template(torchrun_command(pipeline["name"], PARTITION)).render(params={})
     env = {**os.environ, "LAKEFORGE_PIPELINES_PATH": str(pipeline["dir"]),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "AIRFLOW_CTX_DAG_ID": pipeline["name"], "AIRFLOW_CTX_DAG_RUN_ID": run_id,
@@ -120,7 +121,7 @@ def runs(pipeline):
     """An uninterrupted run, and a run killed (kill -9 of torchrun) after a checkpoint then retried."""
     reference = finish(launch(pipeline, "manual__reference", 1))
 
-    store = ckpt.store_for(pipeline["lake"], pipeline["name"], pipeline["part"], ckpt.run_key(pipeline["name"], "manual__crash"))
+    store = ckpt.store_for(pipeline["lake"], pipeline["name"], pipeline["part"], run_key(pipeline["name"], "manual__crash"))
     proc = launch(pipeline, "manual__crash", 1)
     deadline = time.monotonic() + 240
     while (store.latest() or {}).get("step", 0) < 4:

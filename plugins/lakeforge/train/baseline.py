@@ -3,19 +3,23 @@
 It is trained in the same task as the fine-tune, on the same features partition's ``train`` rows,
 its ``C`` chosen on ``validation``, scored on ``test``, logged as a child MLflow run of the training
 run (same lineage tags) and registered as a version of the same model — a candidate like any other,
-so the promotion gate crowns whichever really is better on the frozen eval set.
+so the promotion gate crowns whichever really is better on the frozen eval set (:func:`train_baseline`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import mlflow
 import pandas as pd
 
 from lakeforge.train.model import prediction_frame, texts_of
+
+if TYPE_CHECKING:
+    from lakeforge.config import ModelSpec, TrainProfile
+    from lakeforge.train.data import FeatureSource
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +114,33 @@ def log_baseline(result: BaselineResult, *, name: str, labels: Sequence[str], ta
                           "lakeforge"],
     )
     return register(info.model_uri, name, {**tags, "lakeforge.candidate": "baseline"})
+
+
+def train_baseline(source: FeatureSource, spec: ModelSpec, profile: TrainProfile, tags: dict[str, str],
+                   parent_run_id: str, register: bool) -> dict[str, Any]:
+    """TF-IDF + logistic regression on the same split, in a child run of the active one (found again by
+    a retry); registered when ``register``. ``{kind: "baseline", version, run_id, test_accuracy}``."""
+    from lakeforge.train import tracking
+
+    splits = {s: source.read_split(s, ("text", "label")) for s in ("train", "validation", "test")}
+    fitted = fit_baseline(*((splits[s]["text"], [int(y) for y in splits[s]["label"]])
+                            for s in ("train", "validation", "test")),
+                          num_labels=len(spec.labels), seed=profile.seed)
+    client = mlflow.MlflowClient()
+    child = [r for r in client.search_runs([mlflow.active_run().info.experiment_id],
+                                           f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`lakeforge.candidate` = 'baseline'")]
+    with mlflow.start_run(run_id=child[0].info.run_id if child else None,
+                          run_name=None if child else "tfidf-logreg-baseline", nested=True,
+                          tags={**tags, "lakeforge.candidate": "baseline"}) as run:
+        if not child:
+            mlflow.log_params({f"baseline.{k}": v for k, v in fitted.params.items()})
+        mlflow.log_metrics(fitted.metrics)
+        if fitted.confusion:
+            tracking.log_confusion(fitted.confusion, spec.labels, "test")
+        version = log_baseline(fitted, name=spec.registered_name, labels=spec.labels,
+                               tags={**tags, "lakeforge.parent_run_id": parent_run_id},
+                               run_id=run.info.run_id) if register else ""
+    log.info("baseline (TF-IDF + logistic regression, C=%s): %s", fitted.params["C"],
+             ", ".join(f"{k}={v:.4f}" for k, v in fitted.metrics.items()))
+    return {"kind": "baseline", "version": version, "run_id": run.info.run_id,
+            "test_accuracy": fitted.metrics.get("test_accuracy")}

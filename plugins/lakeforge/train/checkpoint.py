@@ -19,7 +19,9 @@ consistent snapshot) and uploads it on a background thread, so training continue
 next checkpoint, or the end of training, waits for the upload.
 
 Everything is read back with ``torch.load(..., weights_only=True)``: tensors, numbers, strings and
-containers only, never arbitrary pickles.
+containers only, never arbitrary pickles. torch and NumPy load on first use, so the JSON files
+(``DONE.json`` for :mod:`lakeforge.train.summary`) can be read without them. The run key and the
+JSON files' names are :mod:`lakeforge.train.summary`'s.
 """
 
 from __future__ import annotations
@@ -27,43 +29,40 @@ from __future__ import annotations
 import io
 import json
 import logging
-import random
-import re
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+from lakeforge.train.summary import DONE, LATEST, RUN, run_key  # noqa: F401  (run_key: for callers of this module)
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-LATEST, DONE, RUN = "LATEST.json", "DONE.json", "RUN.json"
 STATE, BEST = "state.pt", "best.pt"
 
 
-def run_key(dag_id: str | None, run_id: str | None) -> str | None:
-    """Path-safe key of one Airflow task's training (``<dag_id>/<run_id>``); None outside Airflow."""
-    if not dag_id or not run_id:
-        return None
-
-    def safe(s: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]", "_", s)[:120]
-
-    return f"{safe(dag_id)}/{safe(run_id)}"
-
-
 def to_bytes(obj: Any) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
 
 
 def from_bytes(data: bytes) -> Any:
+    import torch
+
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step draws from, as weights_only-loadable values."""
+    import random
+
+    import numpy as np
+    import torch
+
     py = random.getstate()
     np_state = np.random.get_state()
     return {
@@ -75,6 +74,11 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -196,7 +200,6 @@ class CheckpointStore:
             except (FileNotFoundError, OSError):
                 pass
 
-
     def delete_all(self) -> None:
         """Forget this run entirely (``RUN.json`` and ``DONE.json`` too): the next run starts fresh."""
         self.wait()
@@ -215,8 +218,3 @@ def store_for(lake, pipeline: str, partition, key: str) -> CheckpointStore:
     prefix = lake.checkpoint_key(pipeline, partition, key)
     return CheckpointStore(lake.fs, lake.arrow_path(prefix), lake.uri(prefix))
 
-
-def read_done(lake, pipeline: str, partition, dag_id: str | None, run_id: str | None) -> dict | None:
-    """The recorded result of the training task of an Airflow run, or None if it has not finished."""
-    key = run_key(dag_id, run_id)
-    return store_for(lake, pipeline, partition, key).read_json(DONE) if key else None

@@ -1,15 +1,22 @@
-"""The configuration of one training run (:class:`TrainConfig`) and what it returns (:class:`TrainResult`)."""
+"""The configuration of one training run (:class:`TrainConfig`) and what it returns (:class:`TrainResult`).
+
+The pipeline and the partition are not part of it: they come with the
+:class:`~lakeforge.stage.run.StageRun` that :func:`lakeforge.train.run` takes first.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from lakeforge.config import ModelSpec, Partition, Settings, TrainProfile
+from lakeforge.config import ModelSpec, Settings, TrainProfile
 from lakeforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lakeforge.stage.run import StageRun
 
 
 def _default_tracking_uri() -> str:
@@ -23,18 +30,17 @@ def _default_profile() -> str:
 
 
 class TrainConfig(BaseModel):
-    """Everything one training run needs; logged whole to MLflow as params and saved in checkpoints."""
+    """How to train, given the stage (pipeline, partition, lake): logged whole to MLflow as params,
+    saved in checkpoints. Unknown fields are refused (``pipeline``/``partition`` live in the StageRun)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    pipeline: str  # pipeline name: pipelines/<name>.yaml gives the model spec and profiles
-    partition: str  # features partition to train on: 2026-11-23 or dt=2026-11-23[/hour=05]
     profile: Literal["cpu", "gpu"] = Field(default_factory=_default_profile)  # hyper-parameter set; gpu iff CUDA
     max_steps: int | None = Field(default=None, ge=1)  # override of the profile's optimizer steps (smoke runs)
     overrides: dict[str, Any] = Field(default_factory=dict)  # profile fields to override, e.g. {"max_length": 32}
     tracking_uri: str = Field(default_factory=_default_tracking_uri)  # MLflow server (Settings.mlflow_uri)
-    experiment: str | None = None  # MLflow experiment; None -> the pipeline name
-    run_name: str | None = None  # MLflow run name; None -> <pipeline>-<partition>-<profile>
+    experiment: str | None = None  # MLflow experiment; None -> the pipeline name (see names())
+    run_name: str | None = None  # MLflow run name; None -> <pipeline>-<partition path>-<profile> (see names())
     log_interval: int | None = Field(default=None, ge=1)  # per-step metrics every N steps; None: 1 on CPU, 10 on GPU
     cpu_threads: int | None = Field(default=None, ge=1)  # torch threads per process on CPU; None -> cpu_threads_default()
     airflow_dag_id: str | None = Field(default_factory=lambda: os.environ.get("AIRFLOW_CTX_DAG_ID"))  # launching DAG
@@ -48,20 +54,13 @@ class TrainConfig(BaseModel):
     register_model: bool = True  # log the model to MLflow and register a version (the benchmark turns it off)
     keep_checkpoints: bool = False  # keep the checkpoints after success (default: delete, keep DONE.json)
 
-    @field_validator("partition")
-    @classmethod
-    def _partition_parses(cls, v: str) -> str:
-        Partition.parse(v)  # raises ConfigError naming the bad value
-        return v
-
-    @model_validator(mode="after")
-    def _fill_names(self) -> "TrainConfig":
-        # frozen model: fill derived defaults through object.__setattr__ once, at construction
-        if self.experiment is None:
-            object.__setattr__(self, "experiment", self.pipeline)
-        if self.run_name is None:
-            object.__setattr__(self, "run_name", f"{self.pipeline}-{Partition.parse(self.partition).path}-{self.profile}")
-        return self
+    def names(self, stage: StageRun) -> tuple[str, str]:
+        """``(experiment, run_name)`` of the run in MLflow: the configured ones, else the pipeline's name
+        and ``<pipeline>-<partition path>-<profile>``."""
+        experiment = self.experiment if self.experiment is not None else stage.pipeline.name
+        run_name = self.run_name if self.run_name is not None else \
+            f"{stage.pipeline.name}-{stage.partition.path}-{self.profile}"
+        return experiment, run_name
 
     def effective_profile(self, spec: ModelSpec) -> TrainProfile:
         """The profile's hyper-parameters with ``overrides`` and ``max_steps`` applied (validated)."""

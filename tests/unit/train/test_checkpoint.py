@@ -1,4 +1,4 @@
-"""The checkpoint store: commit protocol, weights-only loading, RNG round trips, run keys."""
+"""The checkpoint store: commit protocol, weights-only loading, RNG round trips (run keys: test_summary.py)."""
 
 from __future__ import annotations
 
@@ -53,12 +53,6 @@ def test_a_failed_upload_fails_the_next_wait(tmp_path):
     store.commit_async(2, {"step": 2})
     with pytest.raises(RuntimeError, match="writing a checkpoint"):
         store.wait()
-
-
-def test_run_keys_are_path_safe_and_absent_outside_airflow():
-    assert ckpt.run_key("movie_reviews", "scheduled__2026-11-24T00:00:00+00:00") == \
-        "movie_reviews/scheduled__2026-11-24T00_00_00_00_00"
-    assert ckpt.run_key(None, "x") is None and ckpt.run_key("d", "") is None
 
 
 def test_clear_leaves_run_and_done(store):

