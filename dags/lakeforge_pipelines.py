@@ -16,8 +16,10 @@ from airflow.sdk import DAG, Asset, Param, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from lakeforge.config import REPO_ROOT, all_pipelines
+from lakeforge.lake import layer_uri
 from lakeforge.operators import (LakeSparkSubmitOperator, land_events, late_partitions, partition_complete,
-                                 promote_model, train_command)
+                                 promote_model)
+from lakeforge.train.launch import torchrun_command
 
 PARTITION = "{{ ti.xcom_pull(task_ids='land_events')['partition'] }}"
 
@@ -26,7 +28,7 @@ DOC = """
 
 {description}
 
-**Flow:** `wait_for_partition` (sensor, reschedule mode: every partition of the topic must hold a record
+**Flow:** `wait_for_partition` (sensor, reschedule mode: every Kafka topic-partition of the topic must hold a record
 stamped at or after the interval's end + {lateness}s allowed lateness; times out after {timeout}s) ->
 `land_events` (Kafka topic `{topic}` -> `s3://<lake>/raw/{name}/dt=…/`, Parquet + `_MANIFEST.json`,
 bad records to `quarantine/` with a reason) -> `curate_partition` (Spark: {steps}; drops counted per reason,
@@ -65,9 +67,9 @@ event's metadata and in `$LAKEFORGE_HOME/metrics/ingest_{name}.prom` (Prometheus
 """
 
 for pipeline in all_pipelines():
-    raw = Asset(name=f"{pipeline.name}.raw", uri=f"s3://lakeforge/raw/{pipeline.name}")
-    curated = Asset(name=f"{pipeline.name}.curated", uri=f"s3://lakeforge/curated/{pipeline.name}")
-    features = Asset(name=f"{pipeline.name}.features", uri=f"s3://lakeforge/features/{pipeline.name}")
+    raw = Asset(name=f"{pipeline.name}.raw", uri=layer_uri("raw", pipeline.name))
+    curated = Asset(name=f"{pipeline.name}.curated", uri=layer_uri("curated", pipeline.name))
+    features = Asset(name=f"{pipeline.name}.features", uri=layer_uri("features", pipeline.name))
     model = Asset(name=f"{pipeline.name}.model", uri=f"mlflow://models/{pipeline.model.registered_name}")
 
     with DAG(
@@ -127,7 +129,7 @@ for pipeline in all_pipelines():
         if "train" in pipeline.stages:
             stages["train"] = BashOperator(
                 task_id="train_model", pool="gpu", queue="gpu",  # queue: the GPU worker under CeleryExecutor
-                bash_command=train_command(pipeline.name, PARTITION),
+                bash_command=torchrun_command(pipeline.name, PARTITION),
                 cwd=str(REPO_ROOT), execution_timeout=timedelta(hours=6),
             )
             stages["promote"] = PythonOperator(

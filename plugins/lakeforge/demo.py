@@ -181,17 +181,10 @@ def _start_run(af, dag_id: str, partition: str, max_steps: int | None, say) -> s
 
 def _produce_once(settings, pipeline, records, days) -> dict:
     """Produce unless the topic already holds events (a rerun of the demo reuses them)."""
-    from kafka import KafkaConsumer, TopicPartition
-
+    from lakeforge.ingest import topic_size
     from lakeforge.produce import ProduceConfig, produce
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.require("kafka_bootstrap"))
-    try:
-        parts = consumer.partitions_for_topic(pipeline.topic) or set()
-        ends = consumer.end_offsets([TopicPartition(pipeline.topic, p) for p in parts]) if parts else {}
-    finally:
-        consumer.close()
-    existing = sum(ends.values())
+    existing = topic_size(settings, pipeline.topic)
     if existing:
         return {"topic": pipeline.topic, "records": 0, "note": f"topic already holds {existing} events; reusing them"}
     return produce(ProduceConfig(pipeline=pipeline.name, records=records, days=days), settings)

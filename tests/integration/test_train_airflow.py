@@ -19,6 +19,7 @@ import pytest
 from lakeforge.config import Partition
 from lakeforge.lake import Lake
 from lakeforge.train import checkpoint as ckpt
+from lakeforge.train.summary import run_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,7 +56,7 @@ def test_airflow_retry_resumes_training_after_kill_9(services, settings):
         time.sleep(2)
     assert run_id, f"no scheduled run of {DAG} for {yesterday}"
 
-    store = ckpt.store_for(Lake(settings), DAG, Partition.parse(yesterday), ckpt.run_key(DAG, run_id))
+    store = ckpt.store_for(Lake(settings), DAG, Partition.parse(yesterday), run_key(DAG, run_id))
     if af.run(DAG, run_id)["state"] in ("failed", "success"):  # left by an earlier session in this state dir
         store.delete_all()
         af._req("POST", f"/dags/{DAG}/clearTaskInstances",

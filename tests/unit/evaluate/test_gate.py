@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lakeforge.registry import ModelPromoter, champion_version
+from lakeforge.evaluate.gate import ModelPromoter
+from lakeforge.registry import champion_version
 
 EVAL = pa.table({
     "text": ["a good film", "great acting", "good fun", "a great story",

@@ -1,0 +1,124 @@
+"""The Airflow adapters (lakeforge.operators): a task's context becomes one StageRun, the stage gets it,
+its summary becomes the outlet asset events' metadata; a failed quality gate is recognised by the
+job's exit status. Stages are replaced by recording fakes: their own tests cover them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from lakeforge import operators
+from lakeforge.config import Partition
+from lakeforge.errors import ConfigError
+from lakeforge.lake import Manifest
+from lakeforge.stage.run import GATE_FAILED_EXIT, StageRun
+
+DAY = Partition.parse("2026-11-23")
+
+
+class Outlets(dict):
+    def __missing__(self, asset):
+        self[asset] = SimpleNamespace(extra=None)
+        return self[asset]
+
+
+def context(partition=None, start=None, end=None, **params):
+    return {"params": {"partition": partition, **params}, "run_id": "manual__2026-11-24T08:00:00+00:00",
+            "data_interval_start": start, "data_interval_end": end, "dag": SimpleNamespace(dag_id="movie_reviews"),
+            "task": SimpleNamespace(outlets=["movie_reviews.raw"]), "outlet_events": Outlets()}
+
+
+@pytest.fixture
+def on_local_lake(monkeypatch, local_lake):
+    """StageRuns built by the adapters use the test's local lake."""
+    create = StageRun.create.__func__
+    monkeypatch.setattr(StageRun, "create", classmethod(lambda cls, *a, **kw: create(cls, *a, **{**kw, "lake": local_lake})))
+    return local_lake
+
+
+def test_the_partition_param_wins_on_manual_runs(partition_parses):
+    stage = operators.stage_run("movie_reviews", context("2026-11-23"))
+    assert stage.partition == DAY and stage.run_id == "manual__2026-11-24T08_00_00_00_00"
+    assert partition_parses == ["2026-11-23"]  # parsed once
+
+
+def test_scheduled_runs_use_the_data_interval(partition_parses):
+    ctx = context(None, DAY.start, DAY.end)
+    assert operators.stage_run("movie_reviews", ctx).partition == DAY and partition_parses == []
+    # a partition handed on by the landing (XCom) wins over both
+    assert operators.stage_run("movie_reviews", ctx, "dt=2026-11-20").partition.path == "dt=2026-11-20"
+
+
+def test_a_manual_run_without_a_partition_fails_naming_the_param():
+    when = datetime(2026, 11, 24, tzinfo=timezone.utc)
+    with pytest.raises(ConfigError, match="set the `partition` Param"):
+        operators.stage_run("movie_reviews", context(None, when, when))
+
+
+def manifest(layer="raw", **stats):
+    return Manifest(layer=layer, pipeline="movie_reviews", partition=DAY.path, interval=(DAY.start, DAY.end),
+                    schema_version=1, run_id="manual__2026-11-24T08_00_00_00_00", files=[], rows=3,
+                    quarantined={"malformed_json": 1}, stats=stats)
+
+
+def test_land_events_hands_one_stage_run_to_ingest_and_publishes_its_summary(monkeypatch, partition_parses, on_local_lake):
+    import lakeforge.ingest as ingest
+
+    seen = {}
+
+    def fake_run(stage, options):
+        seen["stage"], seen["options"] = stage, options
+        return manifest(late_partitions={"dt=2026-11-20": 2})
+
+    monkeypatch.setattr(ingest, "run", fake_run)
+    ctx = context("2026-11-23", force_complete=True)
+    out = operators.land_events("movie_reviews", **ctx)
+    assert seen["stage"].partition == DAY and seen["options"].force and partition_parses == ["2026-11-23"]
+    assert out["partition"] == "dt=2026-11-23" and out["late_partitions"] == {"dt=2026-11-20": 2}
+    assert out["quarantined_total"] == 1 and ctx["outlet_events"]["movie_reviews.raw"].extra == out
+    # the re-land task maps over the lake partitions that received late records
+    assert operators.late_partitions.function(out) == [{"partition": "dt=2026-11-20", "force_complete": True}]
+
+
+def test_event_metadata_summarizes_the_published_manifest(on_local_lake):
+    report = {"json": on_local_lake.uri("reports/q.json"), "html": on_local_lake.uri("reports/q.html")}
+    on_local_lake.publish(manifest("curated", report=report, rows_per_split={"train": 3}))
+    ctx = context(None)
+    meta = operators.publish_event_metadata(ctx, "curated", "movie_reviews", "dt=2026-11-23")
+    assert meta["rows"] == 3 and meta["rows_per_split"] == {"train": 3} and meta["report_url"] == report["html"]
+    assert ctx["outlet_events"]["movie_reviews.raw"].extra == meta
+
+
+def test_promote_model_hands_the_summary_and_airflow_ids_to_evaluate(monkeypatch):
+    import lakeforge.evaluate as evaluate
+
+    seen = {}
+    monkeypatch.setattr(evaluate, "run", lambda stage, summary, dag_id, run_id: seen.update(
+        stage=stage, summary=summary, ids=(dag_id, run_id)) or {"champion": "2"})
+    assert operators.promote_model("movie_reviews", '{"version": "2"}', **context("2026-11-23")) == {"champion": "2"}
+    assert seen["stage"].partition == DAY and seen["summary"] == '{"version": "2"}'
+    assert seen["ids"] == ("movie_reviews", "manual__2026-11-24T08:00:00+00:00")  # the raw Airflow run id
+
+
+@pytest.mark.parametrize("status, retried", [(GATE_FAILED_EXIT, False), (1, True)])
+def test_a_failed_gate_is_known_by_the_exit_status(monkeypatch, status, retried):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    import lakeforge.spark
+
+    monkeypatch.setattr(lakeforge.spark, "submit_kwargs", lambda settings=None: {})
+
+    def failing_submit(self, ctx):
+        # what the provider's hook leaves behind: its spark-submit process, and a message we do not parse
+        self._hook = SimpleNamespace(_submit_sp=SimpleNamespace(returncode=status))
+        raise AirflowException("Cannot execute: spark-submit … (the wording may change)")
+
+    monkeypatch.setattr(SparkSubmitOperator, "execute", failing_submit)
+    op = operators.LakeSparkSubmitOperator(task_id="curate_partition", application="jobs/curate.py")
+    with pytest.raises(AirflowException) as err:
+        op.execute({})
+    assert isinstance(err.value, AirflowFailException) is not retried
+    assert op.exit_status() == status
