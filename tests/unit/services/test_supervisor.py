@@ -127,8 +127,6 @@ def test_down_and_status_work_when_nothing_runs(tmp_path):
 def test_a_port_answered_by_a_foreign_process_is_detected(tmp_path):
     """A health probe alone would take another program's server on our port for ours."""
     import http.server
-    import subprocess
-    import sys
     import threading
 
     from lakeforge.errors import PortTakenError
