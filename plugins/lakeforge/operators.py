@@ -43,8 +43,8 @@ class LakeSparkSubmitOperator(SparkSubmitOperator):
 
     With ``layer`` and ``pipeline_name`` set, the published manifest's summary (rows, drops, the
     quality report's links) becomes the metadata of the outlet asset events, and is returned (XCom).
-    A job that exits with :data:`~lakeforge.stage.run.GATE_FAILED_EXIT` failed its data-quality gate:
-    the task fails without retries, since rerunning the same data cannot pass it.
+    A job that exits with :data:`~lakeforge.stage.run.GATE_FAILED_EXIT` failed its data-quality gate, or
+    found a schema or configuration no rerun can fix: the task fails without retries.
     """
 
     template_fields = (*SparkSubmitOperator.template_fields, "partition")
@@ -71,7 +71,8 @@ class LakeSparkSubmitOperator(SparkSubmitOperator):
             super().execute(context)
         except AirflowException as exc:
             if self.exit_status() == GATE_FAILED_EXIT:
-                raise AirflowFailException(f"data-quality gate failed (not retried): {exc}") from exc
+                raise AirflowFailException(f"data-quality gate, schema or pipeline config failed (not retried; "
+                                           f"see the log above for which): {exc}") from exc
             raise
         if not (self.layer and self.pipeline_name and self.partition):
             return None

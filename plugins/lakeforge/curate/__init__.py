@@ -32,14 +32,13 @@ from lakeforge.curate.clean import HtmlToText, Lowercaser, UnicodeNormalizer, Wh
 from lakeforge.curate.dedup import ExactDeduplicator, NearDeduplicator, text_hash
 from lakeforge.curate.filters import (C4QualityFilter, EmptyTextFilter, GopherQualityFilter,
                                       GopherRepetitionFilter, LengthFilter)
-from lakeforge.curate.job import (CURATED_COLUMNS, CURATED_SCHEMA, RAW_REQUIRED, RAW_SCHEMA, curate_frame, run,
-                                  select_curated)
+from lakeforge.curate.job import curate_frame, run, select_curated
 from lakeforge.curate.pii import PiiScrubber
 from lakeforge.curate.steps import CURATE_STEPS, build_steps
 
 __all__ = [
-    "C4QualityFilter", "CURATED_COLUMNS", "CURATED_SCHEMA", "CURATE_STEPS", "EmptyTextFilter", "ExactDeduplicator",
+    "C4QualityFilter", "CURATE_STEPS", "EmptyTextFilter", "ExactDeduplicator",
     "GopherQualityFilter", "GopherRepetitionFilter", "HtmlToText", "LengthFilter", "Lowercaser", "NearDeduplicator",
-    "PiiScrubber", "RAW_REQUIRED", "RAW_SCHEMA", "UnicodeNormalizer", "WhitespaceNormalizer", "build_steps",
+    "PiiScrubber", "UnicodeNormalizer", "WhitespaceNormalizer", "build_steps",
     "curate_frame", "run", "select_curated", "text_hash",
 ]

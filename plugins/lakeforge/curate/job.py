@@ -25,7 +25,9 @@ from lakeforge.curate import gates, report
 from lakeforge.curate.dedup import CLUSTER, ExactDeduplicator, NearDeduplicator, text_hash
 from lakeforge.curate.index import check_index_unchanged, prior_index, write_segment
 from lakeforge.curate.steps import build_steps
+from lakeforge.config import PipelineConfig
 from lakeforge.lake import Manifest
+from lakeforge.stage import schema
 from lakeforge.stage.chain import ChainResult, StepContext, run_steps
 from lakeforge.stage.run import StageRun
 from lakeforge.stage.spark_io import (SparkStageOptions, check_rows_read, file_uris, read_manifest_frame,
@@ -36,22 +38,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-
-#: Columns the curate job needs from raw, with their Spark SQL types (others pass through).
-RAW_REQUIRED = {"id": "string", "text": "string", "label": "bigint", "source": "string",
-                "event_time": "timestamp"}
-#: Columns of a full raw record (used to build an empty frame for an empty partition).
-RAW_SCHEMA = ("id string, text string, label bigint, source string, event_time timestamp, "
-              "kafka_topic string, kafka_partition int, kafka_offset bigint")
-#: Output columns of the curated layer, in order.
-CURATED_COLUMNS = ("id", "text", "label", "source", "event_time", "text_hash", "cluster_id")
-CURATED_SCHEMA = ("id string, text string, label bigint, source string, event_time timestamp, "
-                  "text_hash string, cluster_id string")
-#: Columns of the excluded (dropped) rows, in order; those a chain does not produce are null.
-EXCLUDED_SCHEMA = ("id string, reason string, text string, duplicate_of string, similarity double, "
-                   "cluster_id string, label bigint, source string, event_time timestamp, kafka_topic string, "
-                   "kafka_partition int, kafka_offset bigint")
-
 
 class TextHasher(Step):
     """Add ``text_hash`` of the current text (not registered: :func:`curate_frame` appends it last)."""
@@ -99,14 +85,14 @@ def with_cluster(df: "DataFrame") -> "DataFrame":
     return df.withColumn(CLUSTER, cluster)
 
 
-def select_curated(df: "DataFrame") -> "DataFrame":
-    """The curated contract's columns and types, in order."""
-    return _typed(with_cluster(df), CURATED_SCHEMA)
+def select_curated(df: "DataFrame", pipeline: PipelineConfig) -> "DataFrame":
+    """The curated contract's columns and types, in order (:func:`lakeforge.stage.schema.curated_ddl`)."""
+    return _typed(with_cluster(df), schema.curated_ddl(pipeline))
 
 
-def select_excluded(df: "DataFrame") -> "DataFrame":
+def select_excluded(df: "DataFrame", pipeline: PipelineConfig) -> "DataFrame":
     """Dropped rows in the excluded-rows layout (text as the dropping step saw it, reason, links)."""
-    return _typed(df, EXCLUDED_SCHEMA)
+    return _typed(df, schema.excluded_ddl(pipeline))
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,7 +124,8 @@ def run(stage: StageRun, options: SparkStageOptions | None = None, *,
     near = next((s for s in steps if isinstance(s, NearDeduplicator)), None)
     dedups = any(isinstance(s, (ExactDeduplicator, NearDeduplicator)) for s in steps)
     context = StepContext(prior=prior_index(spark, stage, near) if dedups else None)
-    raw = context.persist(read_manifest_frame(spark, lake, raw_manifest, RAW_REQUIRED, RAW_SCHEMA))
+    raw = read_manifest_frame(spark, lake, raw_manifest, schema.raw_required(pipeline), schema.raw_ddl(pipeline))
+    raw = context.persist(schema.role_frame(raw, pipeline))
     result = curate_frame(raw, steps, samples_per_reason=options.samples_per_reason, context=context)
     try:
         check_rows_read(raw_manifest, result.rows_in)
@@ -163,10 +150,10 @@ def run(stage: StageRun, options: SparkStageOptions | None = None, *,
         gates.enforce(checks, stage.where, links["html"])
 
         run_key = lake.run_key("curated", pipeline.name, partition, run_id)
-        files = write_files(lake, select_curated(result.kept), result.rows_out, run_key, options.rows_per_file)
+        files = write_files(lake, select_curated(result.kept, pipeline), result.rows_out, run_key, options.rows_per_file)
         index = write_segment(stage, with_cluster(result.kept), result.rows_out, near, options.rows_per_file)
         n_dropped = sum(result.counts_by_reason.values())
-        excluded = write_files(lake, select_excluded(result.dropped) if result.dropped is not None else None,
+        excluded = write_files(lake, select_excluded(result.dropped, pipeline) if result.dropped is not None else None,
                                n_dropped, lake.run_part_key("curated", pipeline.name, partition, run_id, "excluded"),
                                options.rows_per_file)
         check_index_unchanged(stage, context.prior)

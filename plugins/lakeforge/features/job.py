@@ -6,8 +6,9 @@ pipeline's ``max_length`` and truncation side; :mod:`~lakeforge.features.tokens`
 (int32) and ``cluster_id`` (the near-duplicate cluster curate assigned; a row without
 near-duplicates is its own cluster), split by cluster (:mod:`~lakeforge.features.split`).
 
-Labels are mapped by the pipeline's ``features.label_map`` when it has one; labels outside the
-model's label list are dropped with reason ``unknown_label`` and counted in the manifest. Files are
+Labels are indices into the pipeline's ``labels`` (curate mapped names to them); a null label or one
+outside the label space is dropped with reason ``unknown_label`` and counted in the manifest. The
+pipeline's extra fields follow the features columns. Files are
 zstd Parquet in row groups a streaming reader can take one at a time; token statistics go into the
 manifest.
 """
@@ -21,6 +22,7 @@ from lakeforge.errors import ConfigError
 from lakeforge.features.split import _split_bounds, assign_split, split_stats
 from lakeforge.features.tokens import TokenizerSpec, token_stats, tokenize_function
 from lakeforge.lake import Manifest
+from lakeforge.stage import schema
 from lakeforge.stage.chain import ChainResult, run_steps
 from lakeforge.stage.run import StageRun
 from lakeforge.stage.spark_io import (SparkStageOptions, check_rows_read, publish_frame, read_manifest_frame,
@@ -32,9 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The features columns every pipeline has, in order; its extra fields follow them.
 FEATURES_COLUMNS = ("id", "text", "label", "split", "input_ids", "num_tokens", "cluster_id")
-CURATED_REQUIRED = {"id": "string", "text": "string", "label": "bigint", "text_hash": "string"}
-CURATED_EMPTY_SCHEMA = "id string, text string, label bigint, text_hash string, cluster_id string"
 #: Parquet row-group size of the features files: a streaming reader's unit of work.
 ROW_GROUP_BYTES = 16 << 20
 
@@ -61,24 +62,10 @@ class LabelRangeFilter(RowFilter):
         return F.when(~valid, F.lit("unknown_label"))
 
 
-def map_labels(df: "DataFrame", labels: Sequence[str], label_map: Mapping[int, str] | None) -> "DataFrame":
-    """Raw labels -> label ids by ``label_map`` (raw value -> label name); unmapped become null
-    (then dropped as ``unknown_label``). Without a map, the raw label is the id."""
-    from pyspark.sql import functions as F
-
-    if not label_map:
-        return df
-    unknown = sorted({name for name in label_map.values() if name not in labels})
-    if unknown:
-        raise ConfigError(f"features.label_map names labels the model does not have: {unknown}; model labels: {list(labels)}")
-    pairs = [x for raw, name in sorted(label_map.items()) for x in (F.lit(int(raw)), F.lit(labels.index(name)))]
-    return df.withColumn("label", F.create_map(*pairs)[F.col("label")].cast("bigint"))
-
-
 def features_frame(df: "DataFrame", labels: Sequence[str], ratios: Mapping[str, float], *,
-                   tokenizer: TokenizerSpec | None = None, label_map: Mapping[int, str] | None = None,
+                   tokenizer: TokenizerSpec | None = None, extras: Sequence[tuple[str, str]] = (),
                    samples_per_reason: int = 5) -> ChainResult:
-    """Map and validate labels, assign splits by cluster, tokenize, keep the features columns.
+    """Validate labels, assign splits by cluster, tokenize, keep the features columns.
 
     Args:
         df: curated rows (``id, text, label, text_hash``, and ``cluster_id`` from curate; a partition
@@ -86,29 +73,31 @@ def features_frame(df: "DataFrame", labels: Sequence[str], ratios: Mapping[str, 
         labels: the model's label names (``ModelSpec.labels``); label ids index into them.
         ratios: split -> share (the pipeline's ``split``).
         tokenizer: how to tokenize; None leaves ``input_ids`` empty and ``num_tokens`` 0 (tests).
-        label_map: raw label value -> label name (``features.label_map``).
+        extras: ``(name, Spark type)`` of the pipeline's extra fields, kept after the features columns.
         samples_per_reason: dropped rows kept per reason for the manifest.
     Returns:
-        a result whose ``kept`` has :data:`FEATURES_COLUMNS` plus ``_truncated`` (persisted).
+        a result whose ``kept`` has :data:`FEATURES_COLUMNS`, the extras and ``_truncated`` (persisted).
     """
     from pyspark.sql import functions as F
 
     _split_bounds(ratios)  # validate before any Spark work
     if "cluster_id" not in df.columns:
         df = df.withColumn("cluster_id", F.col(HASH))
-    df = map_labels(df.withColumn("cluster_id", F.coalesce("cluster_id", HASH)), labels, label_map)
+    df = df.withColumn("cluster_id", F.coalesce("cluster_id", HASH))
     result = run_steps(df, [LabelRangeFilter(len(labels))], samples_per_reason=samples_per_reason)
+    extra_ddl = "".join(f", {name} {kind}" for name, kind in extras)
     rows = assign_split(result.kept, ratios).select(
         F.col("id").cast("string"), F.col("text").cast("string"), F.col("label").cast("bigint"), F.col("split"),
-        F.col("cluster_id").cast("string"))
+        F.col("cluster_id").cast("string"),
+        *((F.col(name) if name in df.columns else F.lit(None)).cast(kind).alias(name) for name, kind in extras))
     if tokenizer is not None:
         rows = rows.mapInArrow(tokenize_function(tokenizer),
-                               "id string, text string, label bigint, split string, cluster_id string,"
-                               " input_ids array<int>, num_tokens int, _truncated boolean")
+                               "id string, text string, label bigint, split string, cluster_id string" + extra_ddl +
+                               ", input_ids array<int>, num_tokens int, _truncated boolean")
     else:
         rows = rows.withColumns({"input_ids": F.array().cast("array<int>"), "num_tokens": F.lit(0),
                                  "_truncated": F.lit(False)})
-    rows = rows.select(*FEATURES_COLUMNS, "_truncated").persist()
+    rows = rows.select(*FEATURES_COLUMNS, *(name for name, _ in extras), "_truncated").persist()
     rows.count()  # materialize before dropping the cache it is computed from
     result.release()
     result.kept = rows
@@ -132,9 +121,10 @@ def run(stage: StageRun, options: SparkStageOptions | None = None, *,
     spark = spark or stage_session(stage, "features", options)
 
     tokenizer = TokenizerSpec.of(pipeline)
-    curated = read_manifest_frame(spark, lake, curated_manifest, CURATED_REQUIRED, CURATED_EMPTY_SCHEMA)
+    curated = read_manifest_frame(spark, lake, curated_manifest, schema.curated_required(pipeline),
+                                  schema.curated_ddl(pipeline))
     result = features_frame(curated, labels, pipeline.split, tokenizer=tokenizer,
-                            label_map=pipeline.features.label_map, samples_per_reason=options.samples_per_reason)
+                            extras=schema.extra_columns(pipeline), samples_per_reason=options.samples_per_reason)
     check_rows_read(curated_manifest, result.rows_in)
     from pyspark.sql import functions as F
 

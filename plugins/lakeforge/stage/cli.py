@@ -5,9 +5,10 @@
 The flags become one :class:`~lakeforge.stage.run.StageRun` (each attempt gets its own run id: the
 Airflow run id plus a random suffix) and :class:`~lakeforge.stage.spark_io.SparkStageOptions`, which
 go to the stage's ``run``. Logs go to stderr; the last stdout line is the JSON summary of the
-published manifest (:func:`~lakeforge.stage.run.summarize`). A failed data-quality gate exits with
-status :data:`~lakeforge.stage.run.GATE_FAILED_EXIT` (the Airflow task then fails without retries)
-after printing ``{"error": "quality_gate", "message": …}``.
+published manifest (:func:`~lakeforge.stage.run.summarize`). What no retry can fix — a failed
+data-quality gate, a partition whose columns do not match the pipeline, a bad pipeline file or
+partition — exits with status :data:`~lakeforge.stage.run.GATE_FAILED_EXIT` (the Airflow task then
+fails without retries) after printing ``{"error": "quality_gate"|"schema"|"config", "message": …}``.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ def spark_stage_app(name: str, run: SparkStage) -> typer.Typer:
         run_id: Optional[str] = typer.Option(None, help="Airflow's run id; a random suffix makes each attempt's prefix unique"),
         master: Optional[str] = typer.Option(None, help="Spark master URL; default: spark-submit's"),
     ) -> None:
-        from lakeforge.errors import DataQualityError
+        from lakeforge.errors import ConfigError, DataQualityError, SchemaMismatchError
 
-        stage = StageRun.create(pipeline, partition, run_id, per_attempt=True)
         try:
+            stage = StageRun.create(pipeline, partition, run_id, per_attempt=True)
             manifest = run(stage, SparkStageOptions(master=master))
-        except DataQualityError as exc:
+        except (DataQualityError, SchemaMismatchError, ConfigError) as exc:  # the same input fails the same way
+            kind = {DataQualityError: "quality_gate", SchemaMismatchError: "schema"}.get(type(exc), "config")
             logging.getLogger(__name__).error("%s", exc)
-            print(json.dumps({"error": "quality_gate", "message": str(exc)}), flush=True)
+            print(json.dumps({"error": kind, "message": str(exc)}), flush=True)
             raise typer.Exit(GATE_FAILED_EXIT) from None
         print(json.dumps(summarize(manifest, stage.lake)), flush=True)
 

@@ -22,8 +22,9 @@ from typing import Any
 from lakeforge.config import Partition, PipelineConfig, Settings
 from lakeforge.lake import Lake, Manifest
 
-#: Exit status of a stage process whose data-quality gate failed: rerunning the same data cannot
-#: pass it, so the Airflow task fails without retries (``LakeSparkSubmitOperator`` reads it).
+#: Exit status of a stage process that failed in a way rerunning cannot fix — its data-quality gate,
+#: a partition whose columns do not match the pipeline, a bad pipeline file — so the Airflow task
+#: fails without retries (``LakeSparkSubmitOperator`` reads it).
 GATE_FAILED_EXIT = 3
 
 

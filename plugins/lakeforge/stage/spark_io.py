@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from lakeforge.errors import ManifestError
+from lakeforge.errors import ManifestError, SchemaMismatchError
 from lakeforge.lake import FileEntry, Lake, Manifest
 
 if TYPE_CHECKING:
@@ -48,9 +48,10 @@ def read_manifest_frame(spark: "SparkSession", lake: Lake, manifest: Manifest,
     df = spark.read.parquet(*file_uris(lake, manifest.files))
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ManifestError(
+        raise SchemaMismatchError(
             f"{manifest.layer} partition {manifest.pipeline}/{manifest.partition} lacks columns {missing}"
-            f" (found {df.columns}); was it written by an older schema?"
+            f" (found {df.columns}); the pipeline's `fields` and the partition disagree: was it written by an older"
+            f" schema (bump `schema_version` and re-land), or does a field need another `name`?"
         )
     return df.withColumns({c: F.col(c).cast(t) for c, t in required.items()})
 

@@ -10,10 +10,14 @@ from datetime import datetime, timezone
 import pytest
 
 from lakeforge.config import PipelineConfig
-from lakeforge.curate import CURATED_COLUMNS, build_steps, curate_frame, run, select_curated
+from lakeforge.curate import build_steps, curate_frame, run, select_curated
 from lakeforge.errors import ManifestError
 from lakeforge.stage.run import StageRun
+from lakeforge.stage.schema import curated_columns
 from lakeforge.stage.spark_io import write_sorted_parquet
+
+REVIEWS_PIPELINE = PipelineConfig.load("movie_reviews")
+CURATED_COLUMNS = tuple(curated_columns(REVIEWS_PIPELINE))
 
 
 def frame(arrow_frame, rows):
@@ -89,7 +93,7 @@ def test_curate_is_deterministic(spark, arrow_frame, chain, tmp_path):
     digests = []
     for n, result in enumerate((chain, again)):
         out = tmp_path / f"out{n}"
-        write_sorted_parquet(select_curated(result.kept), f"file://{out}", result.rows_out, rows_per_file=1000)
+        write_sorted_parquet(select_curated(result.kept, REVIEWS_PIPELINE), f"file://{out}", result.rows_out, rows_per_file=1000)
         files = sorted(out.glob("*.parquet"))
         assert len(files) == 1
         digests.append(hashlib.sha256(files[0].read_bytes()).hexdigest())

@@ -6,8 +6,7 @@ import pytest
 
 from lakeforge.curate import run as run_curate
 from lakeforge.errors import ConfigError, ManifestError
-from lakeforge.features import (FEATURES_COLUMNS, TokenizerSpec, assign_split, features_frame, map_labels, run,
-                                split_stats)
+from lakeforge.features import FEATURES_COLUMNS, TokenizerSpec, assign_split, features_frame, run, split_stats
 from lakeforge.stage.run import StageRun
 
 RATIOS = {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -87,12 +86,64 @@ def test_split_follows_the_cluster_and_near_duplicates_never_cross(arrow_frame):
     assert len(per_cluster) == 7 and all(len(s) == 1 for s in per_cluster.values())
 
 
-def test_label_map(arrow_frame):
-    df = arrow_frame("id string, label bigint", [("a", 1), ("b", 5), ("c", 3)])
-    mapped = map_labels(df, ["negative", "positive"], {1: "negative", 2: "negative", 4: "positive", 5: "positive"})
-    assert sorted((r["id"], r["label"]) for r in mapped.collect()) == [("a", 0), ("b", 1), ("c", None)]
-    with pytest.raises(ConfigError, match="neutral"):
-        map_labels(df, ["negative", "positive"], {3: "neutral"})
+def write_news_raw(lake, rows, day="2026-11-23"):
+    """Publish raw rows of a pipeline whose label field ``topic`` carries names and whose extra field
+    ``outlet`` is kept: the raw layer keeps the event's own field names."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lakeforge.config import Partition
+    from lakeforge.lake import Manifest
+
+    part = Partition.parse(day)
+    schema = pa.schema([("doc", pa.int64()), ("body", pa.string()), ("topic", pa.string()), ("outlet", pa.string()),
+                        ("published", pa.timestamp("us", tz="UTC")), ("kafka_topic", pa.string()),
+                        ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
+    full = [{**r, "published": part.start.replace(hour=2), "kafka_topic": "news", "kafka_partition": 0,
+             "kafka_offset": i} for i, r in enumerate(rows)]
+    key = lake.run_key("raw", "news_topics", part, "ingest1") + "/part-00000.parquet"
+    (lake.root / key).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(full, schema=schema), lake.root / key)
+    lake.publish(Manifest(layer="raw", pipeline="news_topics", partition=part.path, interval=(part.start, part.end),
+                          schema_version=1, run_id="ingest1", files=[lake.describe_file(lake.uri(key))],
+                          rows=len(rows), created_at=datetime(2026, 11, 24, tzinfo=timezone.utc)))
+
+
+def test_string_labels_and_an_extra_field_go_through_curate_and_features(spark, local_lake, tmp_path):
+    """Nothing in the stages names a dataset's columns: other field names, labels given as names, an
+    int id and an extra column, all from the YAML."""
+    import yaml
+
+    spec = {
+        "name": "news_topics", "topic": "news.events",
+        "fields": [{"name": "doc", "type": "int", "role": "id"}, {"name": "body", "type": "string", "role": "text"},
+                   {"name": "topic", "type": "string", "role": "label"}, {"name": "outlet", "type": "string"},
+                   {"name": "published", "type": "timestamp", "role": "event_time"}],
+        "labels": ["business", "politics", "sports", "tech"],
+        "curate": [{"name": "normalize_whitespace"}, {"name": "drop_empty"}, {"name": "exact_dedup"}],
+        "model": {"registered_name": "news_topics_classifier"},
+    }
+    path = tmp_path / "news_topics.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    topics = ["business", "politics", "sports", "tech"]
+    rows = [{"doc": i, "body": f"Article {i} about {topics[i % 4]} and more words.", "topic": topics[i % 4],
+             "outlet": f"outlet{i % 3}"} for i in range(24)]
+    rows.append({"doc": 99, "body": "A story with a topic nobody listed.", "topic": "weather", "outlet": "x"})
+    write_news_raw(local_lake, rows)
+    curated = run_curate(StageRun.create(str(path), "2026-11-23", "c1", lake=local_lake), spark=spark)
+    table = spark.read.parquet(*[f.path for f in curated.files])
+    assert table.columns == ["id", "text", "label", "outlet", "event_time", "text_hash", "cluster_id"]
+    got = {r["id"]: (r["label"], r["outlet"]) for r in table.collect()}
+    assert got["5"] == (1, "outlet2") and got["99"] == (None, "x")  # names -> indices; unknown -> null
+
+    manifest = run(StageRun.create(str(path), "2026-11-23", "f1", lake=local_lake), spark=spark)
+    assert manifest.dropped == {"unknown_label": 1} and manifest.rows == 24
+    assert manifest.stats["labels"] == {t: 6 for t in topics}
+    features = spark.read.parquet(*[f.path for f in manifest.files])
+    assert tuple(features.columns) == (*FEATURES_COLUMNS, "outlet")
+    assert {(r["id"], r["label"], r["outlet"]) for r in features.collect() if r["id"] == "7"} == {("7", 3, "outlet1")}
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -138,7 +189,8 @@ def test_run_publishes_features(spark, local_lake, publish_raw, tiny_pipeline):
     assert local_lake.read_manifest("features", "movie_reviews", part) == manifest
 
     rows = spark.read.parquet(*[f.path for f in manifest.files])
-    assert tuple(rows.columns) == FEATURES_COLUMNS
+    assert tuple(rows.columns) == (*FEATURES_COLUMNS, "source")  # the pipeline's extra field, kept
+    assert {r["source"] for r in rows.collect()} == {"imdb"}
     assert dict(rows.dtypes)["input_ids"] == "array<int>" and dict(rows.dtypes)["num_tokens"] == "int"
     collected = rows.collect()
     assert len(collected) == 40 and {r["split"] for r in collected} <= set(RATIOS)

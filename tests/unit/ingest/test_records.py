@@ -40,6 +40,8 @@ def test_optional_field_may_be_missing():
     (enc({**GOOD, "text": 42}), "wrong_type"),
     (enc({**GOOD, "event_time": "yesterday"}), "wrong_type"),
     (enc({**GOOD, "text": "x" * 70_000}), "oversize"),
+    (enc({**GOOD, "label": 2}), "unknown_label"),  # an index past the label space [negative, positive]
+    (enc({**GOOD, "label": -1}), "unknown_label"),
 ])
 def test_bad_records_are_rejected_with_the_exact_reason(value, reason):
     with pytest.raises(RecordRejected) as rej:
@@ -67,6 +69,8 @@ TRICKY = [
     enc({**GOOD, "label": 2**63}),
     enc({**GOOD, "label": -(2**63)}),
     enc({**GOOD, "label": 1.0}),
+    enc({**GOOD, "label": 2}),
+    enc({**GOOD, "label": -1}),
     b'{"id": "a1", "text": "t", "label": NaN, "event_time": "2026-11-23T10:00:00Z"}',
     b'{"id": "a1", "text": "\\ud800", "label": 1, "event_time": "2026-11-23T10:00:00Z"}',
     b'{"id": "a1", "text": "x\\u0000y", "label": 1, "event_time": "2026-11-23T10:00:00Z"}',
@@ -129,3 +133,29 @@ def test_rejections_hold_no_cycle_so_a_batch_is_freed_without_the_collector():
     finally:
         gc.enable()
 
+
+
+NEWS = PipelineConfig.load("bbc_news")  # a label field of type string: names from `labels`
+NEWS_GOOD = {"id": "n1", "text": "Shares rose sharply on Monday.", "topic": "business",
+             "event_time": "2026-11-23T10:00:00Z"}
+
+
+@pytest.mark.parametrize("value,outcome", [
+    (enc(NEWS_GOOD), ("landed", "business")),
+    (enc({**NEWS_GOOD, "topic": "tech"}), ("landed", "tech")),
+    (enc({**NEWS_GOOD, "topic": "weather"}), ("quarantined", "unknown_label")),
+    (enc({**NEWS_GOOD, "topic": "Business"}), ("quarantined", "unknown_label")),  # names are exact
+    (enc({**NEWS_GOOD, "topic": 0}), ("quarantined", "wrong_type")),  # a string label field takes names only
+    (enc({k: v for k, v in NEWS_GOOD.items() if k != "topic"}), ("quarantined", "missing_field")),
+])
+def test_string_labels_are_checked_against_the_label_space_on_both_paths(value, outcome):
+    from lakeforge.ingest.records import BatchParser
+
+    try:
+        ref = ("landed", parse_record(NEWS, value)["topic"])
+    except RecordRejected as rej:
+        ref = ("quarantined", rej.reason)
+    batch = BatchParser(NEWS, 1 << 20).parse([value])
+    fast = (("landed", batch.table.column("topic")[0].as_py()) if batch.index
+            else ("quarantined", batch.rejected[0][1].reason))
+    assert ref == fast == outcome

@@ -73,3 +73,22 @@ def test_stage_run_is_built_once_per_process(monkeypatch, tmp_path, partition_pa
 
     CliRunner().invoke(spark_stage_app("curate", fake_run), ["--pipeline", "movie_reviews", "--partition", "2026-11-23"])
     assert partition_parses == ["2026-11-23"] and isinstance(seen[0], StageRun)
+
+
+def test_job_cli_exits_3_when_no_retry_can_help(monkeypatch, tmp_path):
+    """A partition whose columns do not match the pipeline, or a bad partition value, fails the same
+    way on every attempt: the task must not be retried."""
+    from lakeforge.errors import SchemaMismatchError
+
+    def mismatched(stage, options):
+        raise SchemaMismatchError("raw partition movie_reviews/dt=2026-11-23 lacks columns ['source']")
+
+    monkeypatch.setenv("LAKEFORGE_HOME", str(tmp_path))
+    app = spark_stage_app("curate", mismatched)
+    result = CliRunner().invoke(app, ["--pipeline", "movie_reviews", "--partition", "2026-11-23"])
+    assert result.exit_code == GATE_FAILED_EXIT
+    assert json.loads(result.stdout.strip().splitlines()[-1])["error"] == "schema"
+    result = CliRunner().invoke(app, ["--pipeline", "movie_reviews", "--partition", "yesterday"])
+    assert result.exit_code == GATE_FAILED_EXIT
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "error": "config", "message": "bad partition 'yesterday': expected YYYY-MM-DD or YYYY-MM-DDTHH"}
