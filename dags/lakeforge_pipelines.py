@@ -6,6 +6,8 @@ heavy is imported here and no connection is touched at parse time.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.bash import BashOperator
@@ -15,11 +17,13 @@ from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import DAG, Asset, Param, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from lakeforge.config import REPO_ROOT, all_pipelines
+from lakeforge.config import REPO_ROOT, PipelineConfig, pipeline_files
 from lakeforge.lake import layer_uri
 from lakeforge.operators import (LakeSparkSubmitOperator, land_events, late_partitions, partition_complete,
                                  promote_model)
 from lakeforge.train.launch import torchrun_command
+
+log = logging.getLogger(__name__)
 
 PARTITION = "{{ ti.xcom_pull(task_ids='land_events')['partition'] }}"
 
@@ -66,7 +70,27 @@ them lists their partitions, and `reland_late` triggers a run of this DAG for ea
 event's metadata and in `$LAKEFORGE_HOME/metrics/ingest_{name}.prom` (Prometheus text format).
 """
 
-for pipeline in all_pipelines():
+
+
+def valid_pipelines() -> list[PipelineConfig]:
+    """The pipelines that pass ``lakeforge pipeline check``. A refused file builds no DAG and is logged
+    with every problem and its fix (the dag-processor's log; ``lakeforge pipeline check FILE`` prints the
+    same, and the parse warning Airflow records for this file); the other pipelines' DAGs still load."""
+    from lakeforge.scaffold import check_pipeline
+
+    good = []
+    for path in pipeline_files():
+        problems = check_pipeline(path)
+        if problems:
+            message = f"pipeline file {path} refused, no DAG built for it: " + "; ".join(problems)
+            log.error("%s", message)
+            warnings.warn(message, UserWarning, stacklevel=1)  # Airflow keeps a file's parse warnings
+            continue
+        good.append(PipelineConfig.load(path))
+    return good
+
+
+for pipeline in valid_pipelines():
     raw = Asset(name=f"{pipeline.name}.raw", uri=layer_uri("raw", pipeline.name))
     curated = Asset(name=f"{pipeline.name}.curated", uri=layer_uri("curated", pipeline.name))
     features = Asset(name=f"{pipeline.name}.features", uri=layer_uri("features", pipeline.name))

@@ -1,4 +1,4 @@
-"""The ``lakeforge`` command line (typer): services, producer, model server, demo."""
+"""The ``lakeforge`` command line (typer): services, producer, pipeline files, model server, demo."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lakeforge.config import DEFAULT_PIPELINE
 from lakeforge.errors import LakeforgeError
 
 app = typer.Typer(help="lakeforge: Kafka -> lake -> Spark -> training -> MLflow -> serving, on Airflow 3.",
@@ -110,20 +111,29 @@ def airflow(ctx: typer.Context) -> None:
 
 
 @app.command()
-def produce(pipeline: str = typer.Option("movie_reviews", help="pipeline name or YAML path"),
-            records: int = typer.Option(2000, help="events to send"),
+def produce(pipeline: str = typer.Option(DEFAULT_PIPELINE, help="pipeline name or YAML path"),
+            from_: Optional[Path] = typer.Option(None, "--from", help="file to replay: CSV, JSON lines, Parquet, or a "
+                                                                      "folder per label (default: the YAML's `source:`)"),
+            fmt: Optional[str] = typer.Option(None, "--format", help="csv, jsonl, parquet or folders (default: by "
+                                                                    "suffix; a directory: folders)"),
+            map_: list[str] = typer.Option([], "--map", help="FIELD=COLUMN: the file's column for a pipeline field, "
+                                                             "over the YAML's `source.columns` (repeatable)"),
+            encoding: Optional[str] = typer.Option(None, help="text encoding of --from (default: the YAML source's, "
+                                                              "else utf-8)"),
+            records: int = typer.Option(2000, help="events to send (the file's rows cycle if fewer)"),
             days: int = typer.Option(3, help="spread event times over the N days before --end"),
             end: Optional[str] = typer.Option(None, help="end of the event-time range, YYYY-MM-DD[THH:MM] UTC "
                                                         "(default: now); replays historical days for a backfill"),
             seed: int = typer.Option(7, help="RNG seed (same seed, same events)"),
             no_faults: bool = typer.Option(False, "--no-faults", help="send clean events only"),
-            fault: list[str] = typer.Option([], "--fault", help="override one fault rate, e.g. --fault html=0.1 "
-                                                                 "(repeatable)"),
+            fault: list[str] = typer.Option([], "--fault", "--faults", help="override one fault rate, e.g. --fault "
+                                                                            "html=0.1 (repeatable)"),
             truth: Optional[Path] = typer.Option(None, help="ground-truth JSONL path"),
             no_truth: bool = typer.Option(False, "--no-truth", help="write no ground truth (millions of records)")) -> None:
-    """Replay movie reviews into Kafka as JSON events (with injected faults) and write the ground truth."""
+    """Replay a labelled file into the pipeline's topic as JSON events (with injected faults); write the ground truth."""
     from datetime import datetime, timezone
 
+    from lakeforge.config import PipelineConfig, SourceSpec
     from lakeforge.produce import FaultRates, ProduceConfig, parse_fault_overrides
     from lakeforge.produce import produce as do_produce
 
@@ -136,16 +146,78 @@ def produce(pipeline: str = typer.Option("movie_reviews", help="pipeline name or
                 end_at = datetime.fromisoformat(end).replace(tzinfo=timezone.utc)
             except ValueError:
                 raise LakeforgeError(f"bad --end {end!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+        columns = {}
+        for item in map_:
+            name, sep, column = item.partition("=")
+            if not sep or not name.strip() or not column:
+                raise LakeforgeError(f"bad --map {item!r}: expected FIELD=COLUMN, e.g. --map text=body")
+            columns[name.strip()] = column
+        source = None
+        if from_ is not None:
+            if not from_.exists():
+                raise LakeforgeError(f"--from {from_}: no such file or folder")
+            yaml_source = PipelineConfig.load(pipeline).source
+            source = SourceSpec(path=str(from_.resolve()), format=fmt,
+                                encoding=encoding or (yaml_source.encoding if yaml_source else "utf-8"))
+        elif fmt or encoding:
+            raise LakeforgeError("--format and --encoding describe a --from file: give --from FILE too")
         cfg = ProduceConfig(pipeline=pipeline, records=records, days=days, end=end_at, seed=seed, faults=faults,
-                            truth_path=truth, write_truth=not no_truth)
+                            truth_path=truth, write_truth=not no_truth, source=source, columns=columns)
         summary = do_produce(cfg, progress=lambda n, total: console.print(f"  sent {n:,}/{total:,}"))
     except LakeforgeError as exc:
         _fail(exc)
     print(json.dumps(summary))
 
 
+pipeline_app = typer.Typer(help="Pipeline YAMLs: write a starter one from a labelled file, check one.",
+                           no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("new")
+def pipeline_new(name: str = typer.Argument(..., help="pipeline name (letters, digits, _)"),
+                 from_: Path = typer.Option(..., "--from", help="labelled file: CSV, JSON lines, Parquet, or a "
+                                                                "folder per label"),
+                 fmt: Optional[str] = typer.Option(None, "--format", help="csv, jsonl, parquet or folders (default: "
+                                                                          "by suffix; a directory: folders)"),
+                 rows: int = typer.Option(1000, help="rows sampled for the guesses"),
+                 out: Optional[Path] = typer.Option(None, help="where to write (default: pipelines/NAME.yaml)"),
+                 force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
+                 text: Optional[str] = typer.Option(None, help="the text column (default: guessed)"),
+                 label: Optional[str] = typer.Option(None, help="the label column (default: guessed)")) -> None:
+    """Write a starter pipeline YAML for a labelled file: field roles, labels, cleaning chain, model, source."""
+    from lakeforge.scaffold import new_pipeline
+
+    try:
+        made = new_pipeline(name, from_, fmt=fmt, rows=rows, out=out, force=force, text=text, label=label)
+    except LakeforgeError as exc:
+        _fail(exc)
+    cfg = made.config
+    console.print(f"wrote {made.path}", highlight=False)
+    for role in ("text", "label", "id", "event_time"):
+        console.print(f"  {role:<11} {made.roles[role] or '-':<20} {made.notes[role]}", highlight=False, markup=False)
+    console.print(f"  labels      {cfg.labels}", highlight=False, markup=False)
+    console.print(f"check the guesses, then: lakeforge pipeline check {made.path}; "
+                  f"lakeforge produce --pipeline {made.path}", highlight=False)
+
+
+@pipeline_app.command("check")
+def pipeline_check(pipeline: str = typer.Argument(..., help="pipeline name or YAML path")) -> None:
+    """Validate a pipeline YAML: schema, roles, labels, curate steps and their params; list every problem."""
+    from lakeforge.config import PipelineConfig
+    from lakeforge.scaffold import check_pipeline, pipeline_path, summary
+
+    problems = check_pipeline(pipeline)
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s)[/red] in {pipeline_path(pipeline)}:", highlight=False)
+        for p in problems:
+            console.print(f"  - {p}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    print(summary(PipelineConfig.load(pipeline_path(pipeline))))
+
+
 @app.command()
-def ingest(pipeline: str = typer.Option("movie_reviews", help="pipeline name or YAML path"),
+def ingest(pipeline: str = typer.Option(DEFAULT_PIPELINE, help="pipeline name or YAML path"),
            partition: str = typer.Option(..., help="YYYY-MM-DD (or YYYY-MM-DDTHH for hourly pipelines)"),
            force: bool = typer.Option(False, "--force", help="land even if the topic has not passed end + lateness"),
            run_id: Optional[str] = typer.Option(None, help="run id (default: generated)")) -> None:
@@ -163,19 +235,20 @@ def ingest(pipeline: str = typer.Option("movie_reviews", help="pipeline name or 
 
 @app.command()
 def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
-          model: Optional[str] = typer.Option(None, help="registered model name (default: first pipeline's)"),
+          model: Optional[str] = typer.Option(None, help="default pipeline of /v1/predict: a pipeline or registered "
+                                                         "model name (default: LAKEFORGE_SERVE_MODEL, else the only "
+                                                         "pipeline)"),
           tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: LAKEFORGE_MLFLOW_URI)")) -> None:
-    """Run the model server: /v1/predict answered by the MLflow `champion` alias, hot-swapped."""
-    from lakeforge.config import Settings, all_pipelines
+    """Run the model server: every pipeline's MLflow `champion` at /v1/models/<pipeline>/predict, hot-swapped."""
+    from lakeforge.config import Settings
     from lakeforge.serve import main
 
     settings = Settings.load()
-    model = model or all_pipelines()[0].model.registered_name
     main(host=host, port=port, model_name=model, tracking_uri=tracking_uri or settings.require("mlflow_uri"))
 
 
 @app.command()
-def demo(pipeline: str = typer.Option("movie_reviews"),
+def demo(pipeline: str = typer.Option(DEFAULT_PIPELINE, help="pipeline name (pipelines/<name>.yaml)"),
          records: int = typer.Option(6000, help="events to produce (about a third land in the trained partition)"),
          days: int = typer.Option(3, help="days of event time"),
          max_steps: Optional[int] = typer.Option(None, help="override training steps"),

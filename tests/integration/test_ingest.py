@@ -269,3 +269,49 @@ def test_timestamp_skew_beyond_the_bound_fails_instead_of_missing_records(servic
     p.flush(30)
     with pytest.raises(TimestampSkewError, match="max_timestamp_skew_s"):
         run(StageRun.create(path, day(1), settings=settings), IngestOptions(force=True))
+
+
+def test_any_dataset_by_yaml_string_labels_and_an_extra_column(services, settings, tmp_path):
+    """A dataset of the user's own: a JSON-lines file with other column names, labels given as names
+    and an extra column, replayed by `lakeforge produce --from` (the real command) and landed: raw keeps
+    the YAML's field names, every event of the file lands with its label name and its extra value, and an
+    unknown label is quarantined with reason ``unknown_label``."""
+    stamp = datetime.now().strftime("%H%M%S%f")
+    topics = ["business", "politics", "science", "sports"]
+    data = tmp_path / "articles.jsonl"
+    with data.open("w") as f:
+        for i in range(60):
+            f.write(json.dumps({"headline_and_body": f"Story {i}: a report on {topics[i % 4]} matters this week.",
+                                "section": topics[i % 4], "desk": f"desk-{i % 3}"}) + "\n")
+    spec = {
+        "name": f"itest_news_{stamp}", "topic": f"itest.news.{stamp}",
+        "fields": [{"name": "id", "type": "string", "role": "id"},
+                   {"name": "body", "type": "string", "role": "text"},
+                   {"name": "section", "type": "string", "role": "label"},
+                   {"name": "desk", "type": "string"},
+                   {"name": "published", "type": "timestamp", "role": "event_time"}],
+        "labels": topics,
+        "model": {"registered_name": f"itest_news_{stamp}"},
+    }
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    truth = tmp_path / "truth.jsonl"  # not compared here: the file's rows are what matters
+    lf = os.path.join(os.path.dirname(sys.executable), "lakeforge")
+    env = {**os.environ, "LAKEFORGE_HOME": str(settings.home)}
+    for end, records, extra in ((END, 200, ["--no-faults", "--fault", "unknown_label=0.1", "--fault", "wrong_type=0.05"]),
+                                (END + timedelta(days=1), 20, ["--no-faults"])):  # the day after: END's day completes
+        out = subprocess.run([lf, "produce", "--pipeline", str(path), "--from", str(data), "--map", "body=headline_and_body",
+                              "--records", str(records), "--days", "1", "--end", end.strftime("%Y-%m-%d"),
+                              "--seed", "5", "--truth", str(truth), *extra], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    lake = Lake(settings)
+    manifest = run(StageRun.create(str(path), day(1), settings=settings))
+    raw = pq.read_table(lake.arrow_path(manifest.files[0].path), filesystem=lake.fs)
+    assert raw.column_names[:5] == ["id", "body", "section", "desk", "published"]
+    rows = [r for f in manifest.files for r in pq.read_table(lake.arrow_path(f.path), filesystem=lake.fs).to_pylist()]
+    assert rows and {r["section"] for r in rows} <= set(topics) and all(r["desk"].startswith("desk-") for r in rows)
+    assert all(r["body"].startswith("Story ") for r in rows)
+    assert manifest.quarantined.get("unknown_label", 0) > 0 and manifest.quarantined.get("wrong_type", 0) > 0
+    q = [r for f in manifest.quarantine_files for r in pq.read_table(lake.arrow_path(f.path), filesystem=lake.fs).to_pylist()]
+    unknown = [r for r in q if r["reason"] == "unknown_label"]
+    assert unknown and all("not in the label space" in r["detail"] for r in unknown)

@@ -36,6 +36,7 @@ t0 = time.monotonic()
 bag = DagBag(dag_folder=sys.argv[1])
 print(json.dumps({"seconds": time.monotonic() - t0, "dags": sorted(bag.dags),
                   "errors": {k: str(v)[-500:] for k, v in bag.import_errors.items()},
+                  "warnings": [w for ws in bag.captured_warnings.values() for w in ws],
                   "heavy": sorted(m for m in sys.argv[2:] if m in sys.modules)}))
 """
 
@@ -55,6 +56,51 @@ def test_parse_is_fast_and_imports_nothing_heavy(tmp_path):
     assert result["errors"] == {} and set(result["dags"]) >= {p.name for p in all_pipelines()}
     assert result["heavy"] == [], f"DAG files import {result['heavy']} at parse time"
     assert result["seconds"] < 20, "DAG files must parse fast"
+
+
+BAD_PIPELINES = {
+    "bad_role": ("fields", [{"name": "id", "type": "string", "role": "id"},
+                            {"name": "text", "type": "string", "role": "txt"}], "role"),
+    "bad_labels": ("labels", None, "labels"),
+    "bad_step": ("curate", [{"name": "strip_htm"}], "strip_html"),
+}
+
+
+def test_a_bad_pipeline_file_is_refused_and_the_others_still_load(tmp_path):
+    """A YAML with an unknown field role, no label list, or a cleaning step that does not exist builds
+    no DAG; the log names the file and the fix; every other pipeline's DAG loads."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    base = yaml.safe_load((REPO_ROOT / "pipelines" / "movie_reviews.yaml").read_text())
+    extra = tmp_path / "pipelines"
+    extra.mkdir()
+    for name, (key, value, _) in BAD_PIPELINES.items():
+        spec = {**base, "name": name, "topic": f"{name}.events"}
+        if value is None:
+            spec.pop(key)
+            spec["model"] = {k: v for k, v in spec["model"].items() if k != "labels"}
+        else:
+            spec[key] = value
+        (extra / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    good = {**base, "name": "still_good", "topic": "still_good.events"}
+    (extra / "still_good.yaml").write_text(yaml.safe_dump(good))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEFORGE_S3_", "AIRFLOW_CONN_"))}
+    env.update(AIRFLOW__CORE__LOAD_EXAMPLES="False", AIRFLOW_HOME=str(tmp_path / "airflow"),
+               LAKEFORGE_PIPELINES_PATH=str(extra))
+    out = subprocess.run([sys.executable, "-c", PARSE, str(REPO_ROOT / "dags")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == {}
+    assert {"movie_reviews", "bbc_news", "still_good"} <= set(result["dags"])
+    assert not set(BAD_PIPELINES) & set(result["dags"])
+    for name, (_, _, hint) in BAD_PIPELINES.items():  # the parse warnings Airflow records for the file
+        refusal = next((w for w in result["warnings"] if f"{name}.yaml refused" in w), None)
+        assert refusal is not None and hint in refusal, result["warnings"]
 
 
 @pytest.mark.parametrize("pipeline", [p.name for p in all_pipelines()])
