@@ -17,9 +17,10 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import psutil
 
-from lakeforge.config import PipelineConfig, Settings
+from lakeforge.config import DEFAULT_PIPELINE, PipelineConfig, Settings
 from lakeforge.errors import LakeforgeError
 
+#: Texts to ask a model about when its pipeline lists no ``examples`` (movie reviews: the default demo).
 EXAMPLE_TEXTS = [
     "A moving, beautifully acted film. I loved every minute of it.",
     "Dull, predictable and far too long. I want my two hours back.",
@@ -71,10 +72,12 @@ class DemoResult:
     partition: str
     urls: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    examples: list = field(default_factory=list)  # the texts the prediction answers
 
 
-def wait_for_champion(serve_url: str, version: str | int | None, timeout: float = 300, check=None) -> dict:
-    """Wait until the model server serves ``version`` (None: any version).
+def wait_for_champion(serve_url: str, version: str | int | None, pipeline: str, timeout: float = 300,
+                      check=None) -> dict:
+    """Wait until the model server serves ``version`` (None: any version) of ``pipeline``'s model.
 
     Exact, not "at least": the gate may crown several candidates in turn (the baseline, then the
     fine-tune registered before it), so the champion's version number can go down.
@@ -82,7 +85,7 @@ def wait_for_champion(serve_url: str, version: str | int | None, timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            resp = httpx.get(f"{serve_url}/v1/model", timeout=5)
+            resp = httpx.get(f"{serve_url}/v1/models/{pipeline}", timeout=5)
             if resp.status_code == 200:
                 info = resp.json()
                 if version is None or str(info.get("version")) == str(version):
@@ -95,7 +98,7 @@ def wait_for_champion(serve_url: str, version: str | int | None, timeout: float 
     raise LakeforgeError(f"the model server at {serve_url} did not load champion version {version} within {timeout:.0f}s")
 
 
-def run_demo(pipeline_name: str = "movie_reviews", records: int = 6000, days: int = 3, max_steps: int | None = None,
+def run_demo(pipeline_name: str = DEFAULT_PIPELINE, records: int = 6000, days: int = 3, max_steps: int | None = None,
              say=print, home=None) -> DemoResult:
     from lakeforge.airflow_client import AirflowClient
     from lakeforge.services.supervisor import Supervisor
@@ -115,7 +118,7 @@ def run_demo(pipeline_name: str = "movie_reviews", records: int = 6000, days: in
         timings["services_up_s"] = round(time.monotonic() - t0, 1)
         settings = Settings.load(home=sup.state.home)
 
-        say(f"[2/5] producing {records} review events over the last {days} days into {pipeline.topic}")
+        say(f"[2/5] producing {records} events over the last {days} days into {pipeline.topic}")
         summary = _produce_once(settings, pipeline, records, days)
         say(f"      {summary}")
         timings["produced_s"] = round(time.monotonic() - t0, 1)
@@ -143,18 +146,20 @@ def run_demo(pipeline_name: str = "movie_reviews", records: int = 6000, days: in
         champion = champion_version(mlflow_client(settings.require("mlflow_uri")), pipeline.model.registered_name)
         say(f"[4/5] waiting for the model server to load the champion (version {champion})")
         serve_url = settings.require("serve_url")
-        info = wait_for_champion(serve_url, champion, check=sup.check_alive)
+        info = wait_for_champion(serve_url, champion, pipeline.name, check=sup.check_alive)
         say(f"      serving {info.get('name')} version {info.get('version')}")
 
         say("[5/5] asking for a prediction")
-        resp = httpx.post(f"{serve_url}/v1/predict", json={"texts": EXAMPLE_TEXTS}, timeout=60)
+        predict_url = f"{serve_url}/v1/models/{pipeline.name}/predict"
+        resp = httpx.post(predict_url, json={"texts": pipeline.examples or EXAMPLE_TEXTS}, timeout=60)
         resp.raise_for_status()
         prediction = resp.json()
         ttfp = time.monotonic() - t0
     return DemoResult(
         time_to_first_prediction_s=round(ttfp, 1), peak_rss_mb=round(rss.peak_mb, 1), services=services,
         prediction=prediction, dag_id=dag_id, run_id=run_id, partition=f"dt={partition}",
-        urls={"airflow": settings.airflow_url, "mlflow": settings.mlflow_uri, "serve": serve_url}, timings=timings,
+        urls={"airflow": settings.airflow_url, "mlflow": settings.mlflow_uri, "serve": serve_url,
+              "predict": predict_url}, timings=timings, examples=pipeline.examples or EXAMPLE_TEXTS,
     )
 
 
@@ -192,13 +197,14 @@ def _produce_once(settings, pipeline, records, days) -> dict:
 
 def print_result(res: DemoResult, sup, say=print) -> None:
     user, password = sup.admin_credentials()
-    texts = json.dumps({"texts": EXAMPLE_TEXTS[:1]})
+    texts = json.dumps({"texts": (res.examples or EXAMPLE_TEXTS)[:1]})
     say("")
     say("lakeforge demo: done")
     say(f"  Airflow UI   {res.urls['airflow']}   (login {user} / {password})  DAG {res.dag_id}, run {res.run_id}")
     say(f"  MLflow UI    {res.urls['mlflow']}")
     say(f"  Model server {res.urls['serve']}")
-    say(f"  Try:  curl -s -X POST {res.urls['serve']}/v1/predict -H 'Content-Type: application/json' -d '{texts}'")
+    predict = res.urls.get("predict", f"{res.urls['serve']}/v1/models/{res.dag_id}/predict")
+    say(f"  Try:  curl -s -X POST {predict} -H 'Content-Type: application/json' -d '{texts}'")
     say(f"  Answer: {json.dumps(res.prediction)}")
     say(f"  Time from start to first prediction: {res.time_to_first_prediction_s}s (peak RSS {res.peak_rss_mb} MB)")
     say("  Stop everything with `lakeforge down` (or `make down`).")

@@ -1,5 +1,6 @@
 """The MLflow model registry as lakeforge uses it: one client per tracking URI and the ``champion``
-alias that serving follows and the promotion gate moves (:mod:`lakeforge.evaluate`).
+alias that serving follows and the promotion gate moves (:mod:`lakeforge.evaluate`), and the label
+space a registered model carries in its metadata (:data:`LABELS_METADATA_KEY`, :func:`model_labels`).
 """
 
 from __future__ import annotations
@@ -25,3 +26,13 @@ def champion_version(client, name: str) -> str | None:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
+
+
+def model_labels(model) -> list[str] | None:
+    """The label space (class names in id order) a loaded MLflow pyfunc carries in its metadata under
+    :data:`LABELS_METADATA_KEY` (lakeforge's training and baseline always write it); None without it."""
+    meta = getattr(getattr(model, "metadata", None), "metadata", None) or {}
+    labels = meta.get(LABELS_METADATA_KEY)
+    if not labels or not isinstance(labels, (list, tuple)):
+        return None
+    return [str(x) for x in labels]

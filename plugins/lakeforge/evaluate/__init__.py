@@ -1,8 +1,9 @@
 """Evaluate: decide whether the models one training run registered replace the ``champion``.
 
 * :mod:`~lakeforge.evaluate.eval_set` — the rows every candidate is scored on;
-* :mod:`~lakeforge.evaluate.gate` — :class:`ModelPromoter`: candidate vs champion on the same rows,
-  the alias moved only if the candidate is at least as good, the decision as version tags;
+* :mod:`~lakeforge.evaluate.gate` — :class:`ModelPromoter`: candidate vs champion on the same rows
+  (accuracy, macro-F1, per-class precision/recall over the pipeline's labels), the alias moved only if
+  the candidate is at least as accurate, the decision as version tags;
 * :mod:`~lakeforge.evaluate.candidates` — the order candidates are gated in, and the tie rule.
 
 :func:`run` is what the DAG's ``promote_model`` task calls.
@@ -33,7 +34,9 @@ def run(stage: StageRun, train_summary: str | dict | None, dag_id: str | None = 
 
     summary = summary_of(stage, train_summary, dag_id, airflow_run_id)
     spec = stage.pipeline.model
-    promoter = ModelPromoter(stage.settings.require("mlflow_uri"), spec.registered_name, spec.min_accuracy)
+    # the eval table's integer labels are ids in the pipeline's label space: score every model over it
+    promoter = ModelPromoter(stage.settings.require("mlflow_uri"), spec.registered_name, spec.min_accuracy,
+                             labels=stage.pipeline.labels)
     return gate_candidates(promoter, candidates_of(summary), eval_table(stage))
 
 

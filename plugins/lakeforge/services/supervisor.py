@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lakeforge.config import Settings, all_pipelines, default_home
+from lakeforge.config import Settings, default_home
 from lakeforge.errors import PortTakenError, ServiceError
 from lakeforge.services.base import LoopbackHttp, ProcessService, State, http_ok, port_open, tail
 
@@ -33,7 +33,8 @@ PREFERRED_PORTS = {
 
 @dataclass
 class ModelServerService(LoopbackHttp, ProcessService):
-    """``lakeforge serve``: answers /v1/predict with the MLflow ``champion`` of the pipeline's model."""
+    """``lakeforge serve``: answers /v1/models/<pipeline>/predict with every pipeline's MLflow ``champion``
+    (``/v1/predict``: the default pipeline, ``LAKEFORGE_SERVE_MODEL``, or the only one)."""
 
     port: int = 8000
     model_name: str = ""
@@ -42,7 +43,7 @@ class ModelServerService(LoopbackHttp, ProcessService):
     def __post_init__(self):
         self.start_timeout = 90.0
         self.argv = [sys.executable, "-m", "lakeforge.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--model", self.model_name]
+                     *(["--model", self.model_name] if self.model_name else [])]
         self.env = {"MLFLOW_TRACKING_URI": self.tracking_uri, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
     def healthy(self) -> bool:
@@ -187,8 +188,7 @@ class Supervisor:
         return svc
 
     def model_server(self):
-        pipelines = all_pipelines()
-        name = os.environ.get("LAKEFORGE_SERVE_MODEL") or (pipelines[0].model.registered_name if pipelines else "")
+        name = os.environ.get("LAKEFORGE_SERVE_MODEL", "")  # the default pipeline of /v1/predict (optional)
         svc = ModelServerService(name="model-server", state=self.state, port=self.serve_port(),
                                  model_name=name, tracking_uri=self.mlflow_uri())
         svc.env.update(self.writer_env())

@@ -4,6 +4,10 @@ It is trained in the same task as the fine-tune, on the same features partition'
 its ``C`` chosen on ``validation``, scored on ``test``, logged as a child MLflow run of the training
 run (same lineage tags) and registered as a version of the same model — a candidate like any other,
 so the promotion gate crowns whichever really is better on the frozen eval set (:func:`train_baseline`).
+
+It logs the fine-tune's metrics (:mod:`lakeforge.metrics`): ``val_accuracy``, ``val_macro_f1``,
+``test_accuracy``, ``test_macro_f1`` and per class ``test_precision_<label>``, ``test_recall_<label>``,
+``test_f1_<label>``; the parent run gets ``baseline_test_accuracy`` and ``baseline_test_macro_f1``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import mlflow
 import pandas as pd
 
+from lakeforge.metrics import ClassificationMetrics, metrics_of
+from lakeforge.registry import LABELS_METADATA_KEY
 from lakeforge.train.model import prediction_frame, texts_of
 
 if TYPE_CHECKING:
@@ -47,8 +53,8 @@ class TfidfBaselinePyfunc(mlflow.pyfunc.PythonModel):
 class BaselineResult:
     pipeline: object  # the fitted sklearn Pipeline
     params: dict  # vectorizer + classifier settings, C chosen
-    metrics: dict  # val_accuracy, test_accuracy, fit_seconds
-    confusion: list[list[int]]  # test confusion matrix
+    metrics: dict  # fit_seconds, val_accuracy, val_macro_f1, test_accuracy, test_macro_f1, per-class test figures
+    confusion: list[list[int]]  # test confusion matrix (rows: true, columns: predicted), in label-id order
 
 
 def make_vectorizer():
@@ -58,15 +64,31 @@ def make_vectorizer():
                            max_features=200_000)
 
 
+def _scores(truth: Sequence[int], pred, labels: Sequence[str]) -> ClassificationMetrics:
+    """The metrics of class-id predictions over ``labels`` (:func:`lakeforge.metrics.metrics_of`)."""
+    return metrics_of([int(y) for y in truth], [int(p) for p in pred], labels)
+
+
 def fit_baseline(train: tuple[list[str], list[int]], val: tuple[list[str], list[int]],
-                 test: tuple[list[str], list[int]], num_labels: int, seed: int = 42) -> BaselineResult:
-    """Fit TF-IDF on train once, pick the classifier's ``C`` on validation, score test."""
+                 test: tuple[list[str], list[int]], num_labels: int | None = None, seed: int = 42, *,
+                 labels: Sequence[str] | None = None) -> BaselineResult:
+    """Fit TF-IDF on train once, pick the classifier's ``C`` on validation (by accuracy), score test.
+
+    Args:
+        num_labels: size of the label space (the metrics name classes by id); ignored with ``labels``.
+        labels: the label space (class names in id order): the per-class metrics carry these names.
+    """
     import time
 
     import numpy as np
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import confusion_matrix
     from sklearn.pipeline import Pipeline
+
+    if labels is None:
+        if num_labels is None:
+            raise ValueError("fit_baseline needs the label space: labels=[...] (or num_labels=N)")
+        labels = [str(i) for i in range(num_labels)]
+    labels = list(labels)
 
     t0 = time.perf_counter()
     x_tr, y_tr = train
@@ -86,11 +108,12 @@ def fit_baseline(train: tuple[list[str], list[int]], val: tuple[list[str], list[
     metrics = {"fit_seconds": time.perf_counter() - t0}
     if m_val is not None:
         metrics["val_accuracy"] = val_acc
+        metrics["val_macro_f1"] = _scores(val[1], clf.predict(m_val), labels).macro_f1
     confusion: list[list[int]] = []
     if test[0]:
-        pred = pipe.predict(test[0])
-        metrics["test_accuracy"] = float(np.mean(pred == np.asarray(test[1])))
-        confusion = confusion_matrix(test[1], pred, labels=list(range(num_labels))).tolist()
+        scores = _scores(test[1], pipe.predict(test[0]), labels)
+        metrics.update(scores.as_metrics("test"))
+        confusion = scores.confusion
     params = {"vectorizer": "tfidf word 1-2 grams, min_df=2, max_df=0.95, sublinear_tf",
               "classifier": "LogisticRegression", "C": c, "C_grid": list(C_GRID),
               "n_train": len(x_tr), "vocabulary": len(vectorizer.vocabulary_)}
@@ -109,7 +132,7 @@ def log_baseline(result: BaselineResult, *, name: str, labels: Sequence[str], ta
         return done
     info = mlflow.pyfunc.log_model(
         name="model", python_model=TfidfBaselinePyfunc(result.pipeline, labels), signature=signature(),
-        input_example=INPUT_EXAMPLE, metadata={"lakeforge.labels": list(labels)},
+        input_example=INPUT_EXAMPLE, metadata={LABELS_METADATA_KEY: list(labels)},
         pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"mlflow=={mlflow.__version__}", "pandas",
                           "lakeforge"],
     )
@@ -119,13 +142,13 @@ def log_baseline(result: BaselineResult, *, name: str, labels: Sequence[str], ta
 def train_baseline(source: FeatureSource, spec: ModelSpec, profile: TrainProfile, tags: dict[str, str],
                    parent_run_id: str, register: bool) -> dict[str, Any]:
     """TF-IDF + logistic regression on the same split, in a child run of the active one (found again by
-    a retry); registered when ``register``. ``{kind: "baseline", version, run_id, test_accuracy}``."""
+    a retry); registered when ``register``. ``{kind: "baseline", version, run_id, test_accuracy, test_macro_f1}``."""
     from lakeforge.train import tracking
 
     splits = {s: source.read_split(s, ("text", "label")) for s in ("train", "validation", "test")}
     fitted = fit_baseline(*((splits[s]["text"], [int(y) for y in splits[s]["label"]])
                             for s in ("train", "validation", "test")),
-                          num_labels=len(spec.labels), seed=profile.seed)
+                          labels=spec.labels, seed=profile.seed)
     client = mlflow.MlflowClient()
     child = [r for r in client.search_runs([mlflow.active_run().info.experiment_id],
                                            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`lakeforge.candidate` = 'baseline'")]
@@ -141,6 +164,7 @@ def train_baseline(source: FeatureSource, spec: ModelSpec, profile: TrainProfile
                                tags={**tags, "lakeforge.parent_run_id": parent_run_id},
                                run_id=run.info.run_id) if register else ""
     log.info("baseline (TF-IDF + logistic regression, C=%s): %s", fitted.params["C"],
-             ", ".join(f"{k}={v:.4f}" for k, v in fitted.metrics.items()))
+             ", ".join(f"{k}={fitted.metrics[k]:.4f}" for k in ("fit_seconds", "val_accuracy", "val_macro_f1",
+                                                               "test_accuracy", "test_macro_f1") if k in fitted.metrics))
     return {"kind": "baseline", "version": version, "run_id": run.info.run_id,
-            "test_accuracy": fitted.metrics.get("test_accuracy")}
+            "test_accuracy": fitted.metrics.get("test_accuracy"), "test_macro_f1": fitted.metrics.get("test_macro_f1")}

@@ -26,6 +26,7 @@ import torch
 
 from lakeforge.config import ModelSpec, TrainProfile
 from lakeforge.errors import DataQualityError
+from lakeforge.metrics import classification_metrics
 from lakeforge.stage.run import StageRun
 from lakeforge.train import checkpoint as ckpt
 from lakeforge.train import dist, resume, tracking
@@ -38,6 +39,8 @@ from lakeforge.weights import resolve_weights
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+#: Validation metrics the loop itself logs at its validation steps (not logged again at the same step).
+LOOP_VAL_METRICS = ("val_loss", "val_accuracy")
 
 
 def run(stage: StageRun, config: TrainConfig, table=None, *, inputs: list[dict[str, str]] | None = None) -> TrainResult:
@@ -136,7 +139,7 @@ def _run(stage: StageRun, config: TrainConfig, procs: dist.Processes, table, inp
         result = TrainResult(run_id=mlflow_run_id or "", model_uri="", version="", metrics=metrics,
                              resumed_from_step=state.resumed_from)
         if procs.master:
-            mlflow.log_metrics({k: v for k, v in metrics.items() if not (reused_val and k.startswith("val_"))},
+            mlflow.log_metrics({k: v for k, v in metrics.items() if not (reused_val and k in LOOP_VAL_METRICS)},
                                step=state.step)
             tracking.log_artifacts(state.record, confusion, spec.labels, data.lake, data.upstream,
                                    data.stats.get("curate_report"))
@@ -210,7 +213,11 @@ def train_stream(data: Features, tokenizer, profile: TrainProfile, procs: dist.P
 def final_metrics(state: LoopState, raw_model: torch.nn.Module, measure, data: Features, stage: StageRun,
                   profile: TrainProfile) -> tuple[dict[str, float], dict[str, list], bool]:
     """``(metrics, confusion matrices, validation reused?)`` of the final weights — the best ones when
-    early stopping kept them — on validation and test, with the loop's totals."""
+    early stopping kept them — on validation and test, with the loop's totals.
+
+    Per split: ``<val|test>_loss``, ``_accuracy`` and ``_macro_f1`` over the pipeline's label space;
+    for test also per class ``test_precision_<label>``, ``test_recall_<label>``, ``test_f1_<label>``
+    (labels made metric-safe, :func:`lakeforge.metrics.metric_names`)."""
     record = state.record
     if state.best is not None and profile.early_stopping_patience and record["best_step"] != state.step:
         log.info("restoring the weights of step %d (best val_loss %.4f)", record["best_step"], record["best_val_loss"])
@@ -243,7 +250,10 @@ def final_metrics(state: LoopState, raw_model: torch.nn.Module, measure, data: F
         else:
             res = measure(split)
         prefix = "val" if split == "validation" else "test"
-        metrics[f"{prefix}_accuracy"], metrics[f"{prefix}_loss"] = res["accuracy"], res["loss"]
+        scores = classification_metrics(res["confusion"], stage.pipeline.model.labels)
+        metrics[f"{prefix}_loss"] = res["loss"]
+        metrics.update(scores.as_metrics(prefix, per_class=split == "test"))
+        metrics[f"{prefix}_accuracy"] = res["accuracy"]  # the loop's figure (logged by it at validation steps)
         confusion[split] = res["confusion"]
     return metrics, confusion, reused_val
 
@@ -252,7 +262,7 @@ def register_candidates(result: TrainResult, config: TrainConfig, spec: ModelSpe
                         raw_model: torch.nn.Module, tokenizer, source: FeatureSource, tags: dict[str, str]) -> None:
     """Rank 0: register the fine-tune and train the baseline; fills ``result``'s version, model URI and
     candidates (baseline first, fine-tune last: the order the gate sees them) and adds
-    ``baseline_test_accuracy`` to its metrics."""
+    ``baseline_test_accuracy`` and ``baseline_test_macro_f1`` to its metrics."""
     from lakeforge.train.baseline import train_baseline
 
     metrics, candidates = result.metrics, []
@@ -262,12 +272,15 @@ def register_candidates(result: TrainResult, config: TrainConfig, spec: ModelSpe
     if config.baseline if config.baseline is not None else spec.baseline:
         baseline = train_baseline(source, spec, profile, tags, result.run_id, config.register_model)
         if baseline.get("test_accuracy") is not None and "test_accuracy" in metrics:
-            mlflow.log_metrics({"baseline_test_accuracy": baseline["test_accuracy"],
-                                "beats_baseline": float(metrics["test_accuracy"] > baseline["test_accuracy"])})
-            metrics["baseline_test_accuracy"] = baseline["test_accuracy"]
+            extra = {"baseline_test_accuracy": baseline["test_accuracy"],
+                     "beats_baseline": float(metrics["test_accuracy"] > baseline["test_accuracy"])}
+            if baseline.get("test_macro_f1") is not None:
+                extra["baseline_test_macro_f1"] = baseline["test_macro_f1"]
+            mlflow.log_metrics(extra)
+            metrics.update({k: v for k, v in extra.items() if k != "beats_baseline"})
         if baseline.get("version"):
             candidates.append(baseline)
     if result.version:
         candidates.append({"kind": "finetuned", "version": result.version, "run_id": result.run_id,
-                           "test_accuracy": metrics.get("test_accuracy")})
+                           "test_accuracy": metrics.get("test_accuracy"), "test_macro_f1": metrics.get("test_macro_f1")})
     result.candidates = candidates

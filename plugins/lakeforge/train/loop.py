@@ -28,6 +28,7 @@ import mlflow
 import torch
 
 from lakeforge.config import TrainProfile
+from lakeforge.metrics import classification_metrics
 from lakeforge.train import dist
 from lakeforge.train.data import LengthBucketedStream
 from lakeforge.train.model import head_parameters
@@ -83,7 +84,9 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, profile: TrainProfile) -> tor
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, stream: LengthBucketedStream, procs: dist.Processes, bf16: bool,
              num_labels: int) -> dict[str, Any]:
-    """Loss, accuracy and confusion matrix (rows: truth) of one split, summed over the ranks' shards."""
+    """Loss, accuracy, macro-F1 and confusion matrix (rows: truth, columns: predicted, ``num_labels``
+    square in label-id order) of one split, summed over the ranks' shards; the per-class figures are
+    :func:`lakeforge.metrics.classification_metrics` of that matrix."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_labels * num_labels, dtype=torch.float64)
@@ -99,8 +102,10 @@ def evaluate(model: torch.nn.Module, stream: LengthBucketedStream, procs: dist.P
     model.train(was_training)
     matrix = torch.tensor(total[1:]).view(num_labels, num_labels)
     rows = int(matrix.sum())
+    confusion = matrix.long().tolist()
+    scores = classification_metrics(confusion, [str(i) for i in range(num_labels)])
     return {"loss": total[0] / max(1, rows), "accuracy": float(matrix.diag().sum()) / max(1, rows), "rows": rows,
-            "confusion": matrix.long().tolist()}
+            "macro_f1": scores.macro_f1, "confusion": confusion}
 
 
 def memory_mb(device: torch.device) -> float:

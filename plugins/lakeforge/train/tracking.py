@@ -24,6 +24,7 @@ import mlflow
 import pandas as pd
 
 from lakeforge import code_version
+from lakeforge.registry import LABELS_METADATA_KEY
 
 if TYPE_CHECKING:
     from lakeforge.config import ModelSpec, TrainProfile
@@ -188,7 +189,7 @@ def log_finetuned(model, tokenizer, *, name: str, labels: Sequence[str], max_len
             signature=signature(),
             input_example=INPUT_EXAMPLE,
             model_config={"max_length": max_length},
-            metadata={"lakeforge.labels": list(labels)},
+            metadata={LABELS_METADATA_KEY: list(labels)},  # the gate and the server read the label space here
             # explicit requirements: inferring them would load the model once more in a subprocess
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                               f"transformers=={transformers.__version__}",
@@ -198,28 +199,53 @@ def log_finetuned(model, tokenizer, *, name: str, labels: Sequence[str], max_len
 
 
 def log_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], split: str) -> None:
-    """The confusion matrix of ``split`` as a PNG plot and as JSON, under ``plots/``."""
+    """The confusion matrix of ``split`` (rows: true, columns: predicted, in label-id order) as a PNG plot
+    and as JSON (with the per-class precision/recall/F1, :mod:`lakeforge.metrics`), under ``plots/``.
+
+    The plot is sized to the label space, its axes carry the label names (tilted when there are more
+    than two or they are long) and its title the split, accuracy and macro-F1.
+
+    Raises:
+        ValueError: the matrix is not ``len(labels)`` square.
+    """
+    from lakeforge.metrics import classification_metrics
+
+    scores = classification_metrics(confusion, labels)  # checks the shape against the label space
+    fig = confusion_figure(scores.confusion, scores.labels,
+                           f"confusion matrix ({split}): accuracy {scores.accuracy:.3f}, macro-F1 {scores.macro_f1:.3f}")
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(fig, f"plots/confusion_matrix_{split}.png")
+    plt.close(fig)
+    mlflow.log_dict(scores.as_dict(), f"plots/confusion_matrix_{split}.json")
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str):
+    """A matplotlib figure (Agg) of a labelled confusion matrix, sized to ``len(labels)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4, 3.5))
+    n = len(labels)
+    longest = max((len(str(x)) for x in labels), default=1)
+    tilt = n > 2 or longest > 10
+    side = max(4.0, 1.6 + 0.75 * n + (0.06 * longest if tilt else 0.0))
+    fig, ax = plt.subplots(figsize=(side + 0.06 * longest, side))
     ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xticks(range(n), [str(x) for x in labels], rotation=35 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_yticks(range(n), [str(x) for x in labels])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     top = max((max(r) for r in confusion), default=0)
+    size = 10 if n <= 5 else max(6, 10 - (n - 5) // 2)
     for i, row in enumerate(confusion):
         for j, v in enumerate(row):
-            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
-    ax.set_title(f"confusion matrix ({split})")
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=size,
+                    color="white" if top and v > top / 2 else "black")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    mlflow.log_figure(fig, f"plots/confusion_matrix_{split}.png")
-    plt.close(fig)
-    mlflow.log_dict({"labels": list(labels), "matrix": [list(map(int, r)) for r in confusion]},
-                    f"plots/confusion_matrix_{split}.json")
+    return fig
 
 
 def log_curves(history: list[dict[str, float]], evals: list[dict[str, float]]) -> None:

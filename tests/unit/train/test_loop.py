@@ -135,6 +135,11 @@ def test_run_is_logged_with_lineage(trained):
     assert p["token_source"] == "text" and p["model.pooling"] == "mean"
     assert {"loss", "lr", "tokens_per_s", "samples_per_s", "memory_mb", "val_loss", "val_accuracy",
             "test_accuracy", "baseline_test_accuracy"} <= set(r.data.metrics)
+    per_class = {f"test_{k}_{label}" for k in ("precision", "recall", "f1") for label in ("negative", "positive")}
+    assert {"val_macro_f1", "test_macro_f1", "baseline_test_macro_f1", *per_class} <= set(r.data.metrics)
+    assert {"val_macro_f1", "test_macro_f1", "baseline_test_macro_f1", *per_class} <= set(result.metrics)
+    assert 0.0 <= result.metrics["test_macro_f1"] <= 1.0
+    assert len(client.get_metric_history(result.run_id, "val_macro_f1")) == 1  # logged once, with the final metrics
     assert [m.step for m in client.get_metric_history(result.run_id, "loss")] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [2, 4]
     lrs = [m.value for m in client.get_metric_history(result.run_id, "lr")]
@@ -160,6 +165,11 @@ def test_finetune_and_baseline_are_registered_candidates(trained):
     assert result.version == result.candidates[-1]["version"]
     baseline = client.get_model_version(name, result.candidates[0]["version"])
     assert baseline.tags["lakeforge.candidate"] == "baseline"
+    assert all(c["test_macro_f1"] is not None for c in result.candidates)
+    baseline_metrics = client.get_run(baseline.run_id).data.metrics
+    assert {"val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "test_precision_negative",
+            "test_recall_positive"} <= set(baseline_metrics)
+    assert result.metrics["baseline_test_macro_f1"] == result.candidates[0]["test_macro_f1"]
     assert client.get_run(baseline.run_id).data.tags["mlflow.parentRunId"] == result.run_id
     assert client.get_run(baseline.run_id).data.tags["lakeforge.inputs"]  # the same lineage
     mlflow.set_tracking_uri(uri)
