@@ -26,8 +26,12 @@ Both torch arms get the same CPU threads (lakeforge's default: one core is left 
 ``--threads`` overrides), so the ratio measures the loops, not thread settings. Accuracy of every
 arm is measured by the same evaluation code on the same test rows.
 
-Writes ``bench/results/train-cpu.json`` (or ``train-gpu.json`` on CUDA; GPU adds ``mfu``).
-Run: ``.venv/bin/python bench/train.py`` (about 10 min on the 2-core dev machine).
+Any pipeline with a ``source`` (``--pipeline``, default movie_reviews); accuracy and macro-F1 of every
+arm. Writes ``bench/results/train-cpu.json`` (or ``train-gpu.json`` on CUDA; GPU adds ``mfu``) under
+``pipelines.<name>``, keeping the other pipelines' entries.
+Run: ``.venv/bin/python bench/train.py`` (about 10 min on the 2-core dev machine);
+``.venv/bin/python bench/train.py --pipeline bbc_news --rows 1500 --offset 0 --heldout 700`` for the
+five-topic news pipeline.
 """
 
 from __future__ import annotations
@@ -72,25 +76,37 @@ def split_of(text: str, ratios=(0.8, 0.1, 0.1)) -> str:
     return "validation" if bucket < (ratios[0] + ratios[1]) * 10_000 else "test"
 
 
-def build_table(rows: int, heldout: int, offset: int, seed: int = 7):
-    """``id, text, label, split`` of one demo day (+ held-out test rows), as an Arrow table."""
+def build_table(pipeline_name: str, rows: int, heldout: int, offset: int, heldout_from: int | None = None,
+                seed: int = 7):
+    """``id, text, label, split`` of one demo day (+ held-out test rows), as an Arrow table.
+
+    The pipeline's ``source`` in the order ``lakeforge produce`` sends it for ``seed``; rows
+    ``offset .. offset+rows`` are the day, ``heldout`` rows from ``heldout_from`` (default: 6,000, past
+    what the demo sends, when the source is that large; else right after the day) are extra test rows.
+    """
     import random
 
     import pyarrow as pa
 
-    from lakeforge.produce import load_reviews
+    from lakeforge.config import PipelineConfig
+    from lakeforge.produce import ProduceConfig, load_rows, prepare_rows
 
-    reviews = load_reviews()
-    order = list(range(len(reviews)))
+    pipeline = PipelineConfig.load(pipeline_name)
+    source = prepare_rows(pipeline, load_rows(ProduceConfig(pipeline=pipeline_name), pipeline))
+    order = list(range(len(source)))
     random.Random(seed).shuffle(order)  # the producer's order for its seed
+    if heldout_from is None:
+        heldout_from = 6000 if len(order) >= 6000 + heldout else offset + rows
+    text_field = pipeline.field("text").name
     picked, seen = [], set()
-    for n, i in enumerate(order[offset:offset + rows] + order[6000:6000 + heldout]):
-        text = clean(reviews[i]["text"])
+    for n, i in enumerate(order[offset:offset + rows] + order[heldout_from:heldout_from + heldout]):
+        text = clean(source[i].body[text_field])
         if len(text) < 20 or text in seen:  # length_filter + exact_dedup
             continue
         seen.add(text)
         split = split_of(text) if n < rows else "test"
-        picked.append({"id": str(i), "text": text, "label": int(reviews[i]["label"]), "split": split})
+        picked.append({"id": str(i), "text": text, "label": pipeline.labels.index(source[i].label_name),
+                       "split": split})
     return pa.Table.from_pylist(picked)
 
 
@@ -117,6 +133,7 @@ def arm_lakeforge(args, table, out: dict) -> None:
     m = result.metrics
     out.update(samples_per_s=m["loop_samples_per_s"], step_samples_per_s=m["train_samples_per_s"],
                tokens_per_s=m["loop_tokens_per_s"], accuracy=m["test_accuracy"], val_accuracy=m.get("val_accuracy"),
+               macro_f1=m.get("test_macro_f1"),
                loop_seconds=m["loop_seconds"], samples=m["samples_trained"], steps=m["steps_trained"],
                padded_token_share=m.get("padding_share"), wall_s=time.perf_counter() - t0,
                profile=config.effective_profile(stage.pipeline.model).model_dump())
@@ -182,21 +199,24 @@ def arm_trainer(args, table, out: dict, tuned: bool = False) -> None:
                                   split="test", shuffle=False, epochs=1, num_labels=len(spec.labels))
     test = evaluate(model.to(procs.device), stream, procs, bf16=False, num_labels=len(spec.labels))
     out.update(samples_per_s=samples / seconds, trainer_reported_samples_per_s=res.metrics["train_samples_per_second"],
-               tokens_per_s=samples / seconds * mean_tokens, accuracy=test["accuracy"], loop_seconds=seconds,
+               tokens_per_s=samples / seconds * mean_tokens, accuracy=test["accuracy"],
+               macro_f1=test.get("macro_f1"), loop_seconds=seconds,
                samples=samples, bf16=bf16, group_by_length=tuned,
                note="tokens_per_s = samples/s x mean tokens per train row (Trainer does not count them)")
 
 
-def arm_baseline(table, out: dict) -> None:
+def arm_baseline(args, table, out: dict) -> None:
+    from lakeforge.config import PipelineConfig
     from lakeforge.train.baseline import fit_baseline
 
     def rows(split):
         t = table.filter(__import__("pyarrow.compute", fromlist=["x"]).equal(table["split"], split))
         return t["text"].to_pylist(), t["label"].to_pylist()
 
-    res = fit_baseline(rows("train"), rows("validation"), rows("test"), num_labels=2)
-    out.update(accuracy=res.metrics["test_accuracy"], val_accuracy=res.metrics["val_accuracy"],
-               fit_seconds=res.metrics["fit_seconds"], C=res.params["C"])
+    labels = PipelineConfig.load(args.pipeline).labels
+    res = fit_baseline(rows("train"), rows("validation"), rows("test"), labels=labels)
+    out.update(accuracy=res.metrics["test_accuracy"], macro_f1=res.metrics.get("test_macro_f1"),
+               val_accuracy=res.metrics["val_accuracy"], fit_seconds=res.metrics["fit_seconds"], C=res.params["C"])
 
 
 def child(args) -> None:
@@ -209,7 +229,7 @@ def child(args) -> None:
     out: dict = {}
     {"lakeforge": lambda: arm_lakeforge(args, table, out), "trainer": lambda: arm_trainer(args, table, out),
      "trainer_tuned": lambda: arm_trainer(args, table, out, tuned=True),
-     "baseline": lambda: arm_baseline(table, out)}[args.arm]()
+     "baseline": lambda: arm_baseline(args, table, out)}[args.arm]()
     Path(args.result).write_text(json.dumps(out, default=str))
 
 
@@ -254,9 +274,12 @@ def main() -> None:
     ap.add_argument("--profile", default=None, help="cpu | gpu (default: gpu iff CUDA)")
     ap.add_argument("--pipeline", default="movie_reviews", help="pipeline name or YAML path")
     ap.add_argument("--pooling", default=None, choices=["mean", "cls"], help="override the model's head")
-    ap.add_argument("--rows", type=int, default=2000, help="reviews in the trained partition (one demo day)")
-    ap.add_argument("--offset", type=int, default=2000, help="first review of the day in the producer's order")
-    ap.add_argument("--heldout", type=int, default=2000, help="extra held-out test reviews")
+    ap.add_argument("--rows", type=int, default=2000, help="rows in the trained partition (one demo day)")
+    ap.add_argument("--offset", type=int, default=2000, help="first row of the day in the producer's order")
+    ap.add_argument("--heldout", type=int, default=2000, help="extra held-out test rows")
+    ap.add_argument("--heldout-from", type=int, default=None,
+                    help="first held-out row in the producer's order (default: 6000 when the source has room, "
+                         "else right after the day)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the profile's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of both arms (default: lakeforge's)")
     ap.add_argument("--overrides", default=None, help='profile overrides as JSON, e.g. \'{"cpu_bf16": false}\'')
@@ -282,11 +305,12 @@ def main() -> None:
             spec["model"]["pooling"] = args.pooling
             args.pipeline = str(tmp / f"{spec['name']}.yaml")
             Path(args.pipeline).write_text(yaml.safe_dump(spec))
-        table = build_table(args.rows, args.heldout, args.offset)
+        table = build_table(args.pipeline, args.rows, args.heldout, args.offset, args.heldout_from)
         data = tmp / "data.parquet"
         __import__("pyarrow.parquet", fromlist=["x"]).write_table(table, data)
         splits = {s: sum(1 for v in table["split"].to_pylist() if v == s) for s in ("train", "validation", "test")}
-        print(f"[bench] data: {splits} ({args.rows} demo rows from offset {args.offset} + {args.heldout} held out)")
+        print(f"[bench] {args.pipeline}: {splits} ({args.rows} demo rows from offset {args.offset} + {args.heldout} "
+              f"held out)")
         arms = args.arms.split(",") + (["trainer_tuned"] if args.tuned else [])
         res = {arm: run_arm(arm, args, data, tmp) for arm in arms}
 
@@ -300,8 +324,12 @@ def main() -> None:
         "accuracy": lf.get("accuracy"),
         "trainer_accuracy": tr.get("accuracy"),
         "baseline_accuracy": res.get("baseline", {}).get("accuracy"),
+        "macro_f1": lf.get("macro_f1"),
+        "trainer_macro_f1": tr.get("macro_f1"),
+        "baseline_macro_f1": res.get("baseline", {}).get("macro_f1"),
         "samples": lf.get("samples") or tr.get("samples"),
-        "data": {"rows": args.rows, "offset": args.offset, "heldout": args.heldout, "splits": splits},
+        "data": {"rows": args.rows, "offset": args.offset, "heldout": args.heldout,
+                 "heldout_from": args.heldout_from, "splits": splits},
         "threads": args.threads or "lakeforge default (cores - 1)",
         "pooling": args.pooling or "pipeline default",
         "arms": res,
@@ -313,7 +341,7 @@ def main() -> None:
                          "eval_interval steps and checkpoints every checkpoint_interval steps included); "
                          "step_samples_per_s in arms.lakeforge counts the optimizer steps only. Trainer: samples "
                          "over trainer.train()'s wall time.",
-        "accuracy": f"test split of one demo day plus {args.heldout} held-out reviews, same evaluation code for "
+        "accuracy": f"test split of one demo day plus {args.heldout} held-out rows, same evaluation code for "
                     f"every arm; with the pipeline's {args.profile} profile this is the "
                     f"{'CPU demo' if args.profile == 'cpu' else 'GPU'} configuration's accuracy",
         "where_the_ratio_comes_from": "length bucketing (padding share ~3% vs random batches padded to their "
@@ -337,7 +365,13 @@ def main() -> None:
                   measured_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     out = Path(args.out) if args.out else RESULTS / f"train-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    # one file, every pipeline's latest figures: this run replaces only its own pipeline's entry
+    name = Path(args.pipeline).stem if args.pipeline.endswith(".yaml") else args.pipeline
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    if doc and "pipelines" not in doc:  # a result written before results were kept per pipeline
+        doc = {"pipelines": {"movie_reviews": doc}}
+    doc.setdefault("pipelines", {})[name] = result
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "arms"}, indent=2, default=str))
     print(f"[bench] wrote {out}")
 

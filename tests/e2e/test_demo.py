@@ -58,6 +58,37 @@ def test_lineage_from_model_back_to_kafka_offsets(demo, settings):
     assert "test_accuracy" in run.data.metrics
 
 
+@pytest.mark.slow  # (~6 min on 2 cores) the second bundled pipeline through the same DAG and server
+def test_a_second_pipeline_by_yaml_alone_end_to_end(services, settings):
+    """bbc_news is only a YAML: five topics given as names, its own cleaning, gate and model section. It
+    runs land -> curate -> features -> train -> promote through Airflow and is served beside
+    movie_reviews, answering with one of its own class names (from the model's metadata)."""
+    import httpx
+
+    from lakeforge.config import PipelineConfig
+    from lakeforge.demo import run_demo
+
+    pipeline = PipelineConfig.load("bbc_news")
+    res = run_demo("bbc_news", records=2200, days=3, say=print, home=services.state.home)
+    preds = res.prediction["predictions"]
+    assert len(preds) == len(pipeline.examples) and all(p["label"] in pipeline.labels for p in preds)
+    assert res.prediction["model"] == "bbc_news_topic"
+    # one server, every pipeline's champion: the reviews model still answers on its own route
+    served = {m["pipeline"]: m for m in httpx.get(f"{settings.serve_url}/v1/models", timeout=10).json()["models"]}
+    assert served["bbc_news"]["loaded"] and served["bbc_news"]["labels"] == pipeline.labels
+    assert served["bbc_news"]["labels_from"] == "model" and served["movie_reviews"]["loaded"]
+    review = httpx.post(f"{settings.serve_url}/v1/models/movie_reviews/predict",
+                        json={"texts": ["A moving, beautifully acted film."]}, timeout=30)
+    assert review.status_code == 200 and review.json()["predictions"][0]["label"] in {"negative", "positive"}
+
+    import mlflow
+
+    run = mlflow.MlflowClient(settings.mlflow_uri).get_run(
+        mlflow.MlflowClient(settings.mlflow_uri).get_model_version_by_alias("bbc_news_topic", "champion").run_id)
+    metrics = run.data.metrics
+    assert {"test_accuracy", "test_macro_f1"} <= set(metrics)
+
+
 def test_down_leaves_nothing_behind(services):
     home = str(services.state.home)
     still = services.down(progress=print)
