@@ -89,7 +89,8 @@ def build_table(pipeline_name: str, rows: int, heldout: int, offset: int, heldou
     import pyarrow as pa
 
     from lakeforge.config import PipelineConfig
-    from lakeforge.produce import ProduceConfig, load_rows, prepare_rows
+    from lakeforge.produce import ProduceConfig, load_rows
+    from lakeforge.sources import prepare_rows
 
     pipeline = PipelineConfig.load(pipeline_name)
     source = prepare_rows(pipeline, load_rows(ProduceConfig(pipeline=pipeline_name), pipeline))

@@ -19,9 +19,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import random
+import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +227,147 @@ def source_rows(pipeline: PipelineConfig, source: SourceSpec | None = None,
     if missing and rows:
         log.info("source %s has no column for the extra fields %s: their events omit them", path, missing)
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Source values -> event values
+# --------------------------------------------------------------------------------------------
+
+_INT = re.compile(r"[+-]?\d+")
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, float) and math.isnan(value))
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        return int(value)
+    raise ValueError(value)
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise ValueError(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(value)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    found = _BOOLS.get(str(value).strip().lower())
+    if found is None:
+        raise ValueError(value)
+    return found
+
+
+def _to_timestamp(value: Any) -> str:
+    if isinstance(value, datetime):
+        t = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        datetime.fromisoformat(value.strip())  # ValueError if it is not ISO-8601
+        return value.strip()
+    raise ValueError(value)
+
+
+#: field type -> converter to the event's JSON value (raises ValueError where it would lose something)
+CONVERT: dict[str, Callable[[Any], Any]] = {"string": _to_str, "int": _to_int, "float": _to_float,
+                                            "bool": _to_bool, "timestamp": _to_timestamp}
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One replayable row: the event's fields but the id and the event time, and its label's name."""
+
+    body: dict  # text, label and extras under the pipeline's field names, JSON-ready
+    label: Any  # as sent: an index (int label field) or a name (string label field)
+    label_name: str
+
+
+def prepare_rows(pipeline: PipelineConfig, rows: Sequence[Mapping[str, Any]]) -> list[SourceRow]:
+    """The rows that make valid events, converted to the fields' types; the others are skipped (logged).
+
+    Skipped: no text or no label, a label outside the pipeline's ``labels``, a required extra field
+    missing, a value that does not convert losslessly to its field's type (an optional extra with such
+    a value is left out of the event instead).
+    """
+    text, label = pipeline.field("text"), pipeline.field("label")
+    extras = [(f.name, CONVERT[f.type], f.required) for f in pipeline.extra_fields]
+    to_label = CONVERT[label.type]
+    labels = pipeline.labels
+    index = {name: k for k, name in enumerate(labels)}
+    out: list[SourceRow] = []
+    skipped: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
+    omitted: Counter[str] = Counter()
+    for row in rows:
+        t, lab = row.get(text.name), row.get(label.name)
+        if _missing(t):
+            skipped[f"no {text.name}"] += 1
+            continue
+        if _missing(lab):
+            skipped[f"no {label.name}"] += 1
+            continue
+        try:
+            t, lab = _to_str(t), to_label(lab)
+        except ValueError:
+            skipped[f"a {label.name} that is not of type {label.type}"] += 1
+            continue
+        if label.type == "int":
+            name = labels[lab] if 0 <= lab < len(labels) else None
+        else:
+            name = lab if lab in index else None
+        if name is None:
+            skipped["a label outside `labels`"] += 1
+            unknown[str(lab)] += 1
+            continue
+        body = {text.name: t, label.name: lab}
+        ok = True
+        for fname, convert, required in extras:
+            value = row.get(fname)
+            if not _missing(value):
+                try:
+                    body[fname] = convert(value)
+                    continue
+                except (ValueError, TypeError):
+                    omitted[fname] += 1
+            if required:
+                ok = False
+                break
+        if not ok:
+            skipped["a required extra field missing or of the wrong type"] += 1
+            continue
+        out.append(SourceRow(body=body, label=lab, label_name=name))
+    if skipped:
+        detail = "; ".join(f"{n} with {why}" for why, n in skipped.most_common())
+        hint = (f" (labels not in {labels}: {dict(unknown.most_common(10))}; add them to `labels` to keep them)"
+                if unknown else "")
+        log.warning("skipped %d of %d source rows: %s%s", sum(skipped.values()), len(rows), detail, hint)
+    if omitted:
+        log.warning("left out values that are not of their field's type: %s", dict(omitted))
+    if not out:
+        raise ConfigError(f"no source row of the {len(rows)} read makes a valid event for pipeline {pipeline.name!r}"
+                          f" (skipped: {dict(skipped) or 'none'}); check the column mapping (`source.columns`, "
+                          f"--map) and the pipeline's `labels`")
+    return out

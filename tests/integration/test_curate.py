@@ -97,8 +97,10 @@ def test_backfill_on_s3_and_the_spark_submit_entry_point(settings, pipeline):
             assert summary["report"]["html"].endswith("quality.html")
     features = lake.read_manifest("features", name, Partition.parse("2026-11-22"))
     table = lake.read_table(features)
-    assert table.column_names == ["id", "text", "label", "split", "input_ids", "num_tokens", "cluster_id"]
+    # the features columns, then the pipeline's extra field (source), kept through the layers
+    assert table.column_names == ["id", "text", "label", "split", "input_ids", "num_tokens", "cluster_id", "source"]
     assert table.column("id").to_pylist() == ["c2"] and table.column("input_ids").to_pylist()[0][0] == 101
+    assert table.column("source").to_pylist() == ["imdb"]
 
 
 @pytest.mark.slow  # (45 s) the exit status mapping is a unit test; this is spark-submit passing it on
