@@ -36,7 +36,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   "${UV[@]}" pip install -q --python .venv/bin/python --no-deps -e .
   echo "==> compiling bytecode"
   .venv/bin/python -m compileall -q -j 0 .venv/lib/python3*/site-packages >/dev/null 2>&1 || true
-  .venv/bin/python -c 'import pyspark; assert pyspark.__version__ == "4.3.0", pyspark.__version__'
+  .venv/bin/python -c 'import pyspark; assert pyspark.__version__ == "4.1.1", pyspark.__version__'
   echo "$want" > "$stamp"
 else
   echo "==> .venv up to date"

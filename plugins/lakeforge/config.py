@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None  # lake writer identity (ingest, Spark jobs)
     s3_secret_access_key: str | None = None  # secret of the lake writer identity
     pg_uri: str | None = None  # postgresql://user:pw@host:port or postgresql://user:@/?host=<socketdir>
+    catalog_uri: str | None = None  # SQLAlchemy URI of the Iceberg catalog's database (TCP, with password)
+    catalog_name: str = "lakeforge"  # Iceberg catalog name: the same for pyiceberg and Spark (a column)
     mlflow_uri: str | None = None  # MLflow tracking server URL
     airflow_url: str | None = None  # Airflow api-server URL
     serve_url: str | None = None  # lakeforge model server URL
@@ -168,7 +170,7 @@ class TrainProfile(BaseModel):
     max_length: int = Field(default=128, ge=8)  # tokens per text (truncation)
     eval_batch_size: int = Field(default=64, ge=1)  # batch for evaluation
     bf16: bool = False  # bf16 autocast on CUDA
-    cpu_bf16: bool = False  # bf16 autocast on CPUs with native bf16 matmuls (AMX / AVX512-BF16); else fp32
+    cpu_bf16: bool = False  # bf16 autocast on CPUs with AMX bf16 tiles; else fp32 (train.dist.cpu_has_native_bf16)
     compile: bool = False  # torch.compile the model (dynamic shapes); pays a compile once per process
     seed: int = 42  # RNG seed (head init, dropout, data order)
     head_lr_scale: float = 20.0  # the new classification head learns at this multiple of lr

@@ -1,7 +1,7 @@
 """Spark sessions and spark-submit arguments that can read and write the lake over ``s3a://``.
 
-pyspark 4.3 bundles Hadoop 3.5.0 but not the S3 connector: ``hadoop-aws`` and the AWS SDK bundle
-come from the jar cache (:func:`lakeforge.services.jars.s3a_jars`), on the class path or as
+pyspark 4.1 bundles Hadoop 3.4.2 but not the S3 connector: ``hadoop-aws`` and the AWS SDK bundle
+come from the jar cache (:func:`lakeforge.services.jars.spark_jars`, with Iceberg's), on the class path or as
 ``spark.jars`` (:func:`jars_mode`). Non-secret s3a options travel
 as ``spark.hadoop.fs.s3a.*`` configs (:func:`s3a_conf`); credentials never do — they are set at
 run time on the live Hadoop configuration (:func:`spark_session`) or handed to ``spark-submit``
@@ -97,10 +97,10 @@ def jars_mode() -> str:
     return mode
 
 
-def _s3a_jar_paths() -> list[str]:
-    from lakeforge.services.jars import s3a_jars
+def _spark_jar_paths() -> list[str]:
+    from lakeforge.services.jars import spark_jars
 
-    return [str(p) for p in s3a_jars()]
+    return [str(p) for p in spark_jars()]
 
 
 def spark_session(app_name: str, settings: Settings | None = None, master: str | None = None) -> "SparkSession":
@@ -122,12 +122,12 @@ def spark_session(app_name: str, settings: Settings | None = None, master: str |
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    conf = {**base_conf(), **s3a_conf(settings)}
+    conf = {**base_conf(), **s3a_conf(settings), **catalog_conf(settings)}
     builder = SparkSession.builder.appName(app_name)
     jvm_running = SparkContext._active_spark_context is not None or "PYSPARK_GATEWAY_PORT" in os.environ
     if not jvm_running:
         builder = builder.master(master or os.environ.get("LAKEFORGE_SPARK_MASTER") or DEFAULT_MASTER)
-        jars = _s3a_jar_paths()
+        jars = _spark_jar_paths()
         if jars_mode() == "jars":
             conf["spark.jars"] = ",".join(jars)
         else:
@@ -140,12 +140,30 @@ def spark_session(app_name: str, settings: Settings | None = None, master: str |
     # Runtime, not launch: pyspark passes launch configs to spark-submit as --conf arguments.
     hconf.set("fs.s3a.access.key", settings.require("s3_access_key_id"))
     hconf.set("fs.s3a.secret.key", settings.require("s3_secret_access_key"))
+    if settings.catalog_uri:
+        from lakeforge.catalog import spark_secrets
+
+        # runtime too: the catalog is instantiated on first use and reads its settings then
+        for key, value in spark_secrets(settings).items():
+            spark.conf.set(key, value)
     if jvm_running:
         # getOrCreate() ignores spark.hadoop.* on an existing context; apply them here
         for key, value in conf.items():
             if key.startswith("spark.hadoop."):
                 hconf.set(key[len("spark.hadoop."):], value)
+            elif key.startswith("spark.sql.catalog."):
+                spark.conf.set(key, value)
     return spark
+
+
+def catalog_conf(settings: Settings) -> dict[str, str]:
+    """The lake's Iceberg catalog for Spark (:func:`lakeforge.catalog.spark_conf`), when one is
+    configured (``LAKEFORGE_CATALOG_URI``); its secrets are set at run time."""
+    if not settings.catalog_uri:
+        return {}
+    from lakeforge.catalog import spark_conf
+
+    return spark_conf(settings)
 
 
 def submit_kwargs(settings: Settings | None = None) -> dict[str, Any]:
@@ -161,7 +179,7 @@ def submit_kwargs(settings: Settings | None = None) -> dict[str, Any]:
         settings: endpoints and keys; default :meth:`Settings.load`.
     """
     settings = settings or Settings.load()
-    conf = {**base_conf(), **s3a_conf(settings)}
+    conf = {**base_conf(), **s3a_conf(settings), **catalog_conf(settings)}
     env = {
         "LAKEFORGE_HOME": str(settings.home),
         "LAKEFORGE_S3_ENDPOINT": settings.require("s3_endpoint"),
@@ -169,11 +187,13 @@ def submit_kwargs(settings: Settings | None = None) -> dict[str, Any]:
         "LAKEFORGE_S3_REGION": settings.s3_region,
         "LAKEFORGE_S3_ACCESS_KEY_ID": settings.require("s3_access_key_id"),
         "LAKEFORGE_S3_SECRET_ACCESS_KEY": settings.require("s3_secret_access_key"),
+        **({"LAKEFORGE_CATALOG_URI": settings.catalog_uri,
+            "LAKEFORGE_CATALOG_NAME": settings.catalog_name} if settings.catalog_uri else {}),
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
     }
-    jars = _s3a_jar_paths()
+    jars = _spark_jar_paths()
     kwargs: dict[str, Any] = {"conf": conf, "env_vars": env}
     if jars_mode() == "jars":
         kwargs["jars"] = ",".join(jars)

@@ -12,16 +12,18 @@ import pytest
 @pytest.fixture(scope="session")
 def spark():
     """A plain local SparkSession: one core, no UI, 2 shuffle partitions, UTC (no S3 settings; the
-    s3a jars are on its class path because a JVM's class path is fixed at its start)."""
+    s3a and Iceberg jars are on its class path, and Iceberg's SQL extensions on, because a JVM's class
+    path and a session's extensions are fixed at its start)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder
-    try:  # the s3a jars on the class path: integration tests later in this session reuse this JVM for s3a://
-        from lakeforge.spark import _s3a_jar_paths
+    try:  # the jars on the class path: integration tests later in this session reuse this JVM for the lake
+        from lakeforge.spark import _spark_jar_paths
 
-        builder = builder.config("spark.driver.extraClassPath", os.pathsep.join(_s3a_jar_paths()))
+        builder = builder.config("spark.driver.extraClassPath", os.pathsep.join(_spark_jar_paths())).config(
+            "spark.sql.extensions", "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions")
     except Exception:  # jars not resolved (no `make setup`): unit tests need none
         pass
     session = (

@@ -1,10 +1,12 @@
 """JVM jars that lakeforge needs, resolved from Maven Central into a local cache.
 
-Two jar sets, each described by a tiny POM under ``jvm/<kind>/pom.xml``:
+Three jar sets, each described by a tiny POM under ``jvm/<kind>/pom.xml``:
 
 * ``kafka`` — the Apache Kafka 4.x broker (``java -cp <kafka_classpath()> kafka.Kafka …``);
-* ``s3a`` — ``hadoop-aws`` and the AWS SDK v2 bundle, handed to Spark (``spark.jars`` /
-  ``spark-submit --jars``) so jobs can read and write ``s3a://``.
+* ``s3a`` — ``hadoop-aws`` and the AWS SDK v2 bundle, handed to Spark so jobs can read and
+  write ``s3a://``;
+* ``iceberg`` — Iceberg's Spark runtime, its S3FileIO (``iceberg-aws-bundle``) and the PostgreSQL
+  JDBC driver of the catalog, handed to Spark beside ``s3a`` (:func:`spark_jars`).
 
 ``mvn dependency:copy-dependencies`` copies each set into ``$LAKEFORGE_JAR_CACHE/<kind>/``
 (default ``<repo>/.cache/jars``). A marker file beside the jars stores the POM's sha256: a resolve
@@ -30,7 +32,7 @@ from lakeforge.config import REPO_ROOT
 from lakeforge.errors import PrerequisiteError
 
 #: The jar sets we know, each with its POM at ``jvm/<kind>/pom.xml``.
-KINDS: tuple[str, ...] = ("kafka", "s3a")
+KINDS: tuple[str, ...] = ("kafka", "s3a", "iceberg")
 JVM_DIR = REPO_ROOT / "jvm"
 #: Name of the marker file written (last) into a resolved jar directory: the POM's sha256.
 MARKER = ".pom.sha256"
@@ -164,7 +166,7 @@ def resolve(kind: str, force: bool = False) -> Path:
     interrupted resolve never looks complete.
 
     Args:
-        kind: ``"kafka"`` or ``"s3a"``.
+        kind: one of :data:`KINDS`.
         force: resolve even when the marker matches.
 
     Raises:
@@ -211,9 +213,10 @@ def kafka_classpath() -> str:
     return os.pathsep.join(str(p) for p in jars("kafka"))
 
 
-def s3a_jars() -> list[Path]:
-    """hadoop-aws and the AWS SDK bundle for Spark's ``spark.jars`` / ``--jars``."""
-    return jars("s3a")
+def spark_jars() -> list[Path]:
+    """The jars every Spark job gets: hadoop-aws + AWS SDK bundle (``s3a://``) and Iceberg (the
+    lake's tables, their S3FileIO, the catalog's JDBC driver)."""
+    return jars("s3a") + jars("iceberg")
 
 
 def cache_size(kind: str) -> int:

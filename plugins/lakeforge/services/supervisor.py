@@ -27,7 +27,7 @@ PREFERRED_PORTS = {
     "kafka": 9092, "kafka-controller": 9093,
     "s3": 8333, "s3-master": 9333, "s3-volume": 8081, "s3-filer": 8888,
     "s3-grpc": 18333, "s3-master-grpc": 19333, "s3-volume-grpc": 18081, "s3-filer-grpc": 18888,
-    "mlflow": 5000, "airflow": 8080, "model-server": 8000,
+    "mlflow": 5000, "airflow": 8080, "model-server": 8000, "postgres": 5432,
 }
 
 
@@ -80,9 +80,14 @@ class Supervisor:
             return True
 
     def postgres(self):
-        from lakeforge.services.postgres import PostgresService
+        from lakeforge.services.postgres import PostgresService, catalog_password
 
-        return PostgresService(name="postgres", state=self.state)
+        def ours(port: int) -> bool:  # the postmaster of this state dir listens there
+            return PostgresService(name="postgres", state=self.state).postmaster_port() == port
+
+        port = self.state.port("postgres", PREFERRED_PORTS["postgres"], owned=ours)
+        return PostgresService(name="postgres", state=self.state, port=port,
+                               catalog_password=catalog_password(self.state))
 
     def s3(self):
         from lakeforge.services.s3 import SeaweedS3Service
@@ -169,7 +174,12 @@ class Supervisor:
             w = ensure_keys(self.state)["writer"]
             env["LAKEFORGE_S3_ACCESS_KEY_ID"] = w["access_key_id"]
             env["LAKEFORGE_S3_SECRET_ACCESS_KEY"] = w["secret_access_key"]
-        for k in ("LAKEFORGE_S3_BUCKET", "LAKEFORGE_SPARK_MASTER", "LAKEFORGE_JAR_CACHE", "LAKEFORGE_PIPELINES_PATH",
+        if self.external["postgres"]:
+            if os.environ.get("LAKEFORGE_CATALOG_URI"):
+                env["LAKEFORGE_CATALOG_URI"] = os.environ["LAKEFORGE_CATALOG_URI"]
+        else:
+            env["LAKEFORGE_CATALOG_URI"] = self.postgres().catalog_uri()
+        for k in ("LAKEFORGE_S3_BUCKET", "LAKEFORGE_CATALOG_NAME", "LAKEFORGE_SPARK_MASTER", "LAKEFORGE_JAR_CACHE", "LAKEFORGE_PIPELINES_PATH",
                   "LAKEFORGE_PUSHGATEWAY_URL"):
             if os.environ.get(k):
                 env[k] = os.environ[k]
@@ -255,7 +265,8 @@ class Supervisor:
         sec = self.state.secrets
         w = self.writer_env()
         sec["writer_env"] = {"s3_access_key_id": w.get("LAKEFORGE_S3_ACCESS_KEY_ID"),
-                             "s3_secret_access_key": w.get("LAKEFORGE_S3_SECRET_ACCESS_KEY")}
+                             "s3_secret_access_key": w.get("LAKEFORGE_S3_SECRET_ACCESS_KEY"),
+                             "catalog_uri": w.get("LAKEFORGE_CATALOG_URI")}
         self.state.set_secrets(sec)
         progress(f"  all services up in {time.monotonic() - t0:.1f}s")
         return endpoints

@@ -9,7 +9,8 @@
   extra fields last.
 
 :func:`role_frame` is where raw becomes role columns (curate reads raw through it); the DDL strings
-give the column order and types of every layer a Spark stage writes.
+give the column order and types of every layer a Spark stage writes. :func:`table_columns` gives the
+``(name, Spark type)`` list of every table of the lake's catalog (:mod:`lakeforge.catalog`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,39 @@ if TYPE_CHECKING:
 SPARK_TYPES = {"string": "string", "int": "bigint", "float": "double", "bool": "boolean", "timestamp": "timestamp"}
 #: Kafka coordinates of every raw row (and of excluded rows).
 KAFKA_DDL = "kafka_topic string, kafka_partition int, kafka_offset bigint"
+#: Kafka coordinates as the ingest stage writes them (raw and quarantine tables).
+KAFKA_COLUMNS = [("kafka_topic", "string"), ("kafka_partition", "int"), ("kafka_offset", "bigint"),
+                 ("kafka_timestamp", "timestamp")]
+#: Start of the lake partition whose run wrote the row: the partition column of tables whose rows
+#: carry no event time of their own (quarantine, dedup index).
+PARTITION_START = ("partition_start", "timestamp")
 
 
 def _ddl(columns: list[tuple[str, str]]) -> str:
     return ", ".join(f"{name} {kind}" for name, kind in columns)
+
+
+def table_columns(pipeline: PipelineConfig, layer: str) -> list[tuple[str, str]]:
+    """``(name, Spark type)`` of the catalog table of ``layer``, in column order."""
+    roles = [("id", "string"), ("text", "string"), ("label", "bigint")]
+    extras = extra_columns(pipeline)
+    tables = {
+        "raw": lambda: [(f.name, SPARK_TYPES[f.type]) for f in pipeline.fields] + KAFKA_COLUMNS,
+        "quarantine": lambda: [("raw", "binary"), ("reason", "string"), ("detail", "string"), *KAFKA_COLUMNS,
+                               PARTITION_START],
+        "curated": lambda: [*roles, *extras, ("event_time", "timestamp"), ("text_hash", "string"),
+                            ("cluster_id", "string")],
+        "excluded": lambda: [("id", "string"), ("reason", "string"), ("text", "string"), ("duplicate_of", "string"),
+                             ("similarity", "double"), ("cluster_id", "string"), ("label", "bigint"), *extras,
+                             ("event_time", "timestamp"), *KAFKA_COLUMNS[:3]],
+        "dedup_index": lambda: [PARTITION_START, ("id", "string"), ("text_hash", "string"), ("cluster_id", "string"),
+                                ("bands", "array<bigint>")],
+        "features": lambda: [*roles, ("split", "string"), ("input_ids", "array<int>"), ("num_tokens", "int"),
+                             ("cluster_id", "string"), *extras, ("event_time", "timestamp")],
+    }
+    if layer not in tables:
+        raise ValueError(f"unknown lake table {layer!r}: expected one of {tuple(tables)}")
+    return tables[layer]()
 
 
 def extra_columns(pipeline: PipelineConfig) -> list[tuple[str, str]]:
@@ -54,8 +84,7 @@ def role_ddl(pipeline: PipelineConfig) -> str:
 
 def curated_ddl(pipeline: PipelineConfig) -> str:
     """DDL of the curated layer, in column order."""
-    return _ddl([("id", "string"), ("text", "string"), ("label", "bigint"), *extra_columns(pipeline),
-                 ("event_time", "timestamp"), ("text_hash", "string"), ("cluster_id", "string")])
+    return _ddl(table_columns(pipeline, "curated"))
 
 
 def curated_columns(pipeline: PipelineConfig) -> list[str]:
@@ -65,9 +94,7 @@ def curated_columns(pipeline: PipelineConfig) -> list[str]:
 
 def excluded_ddl(pipeline: PipelineConfig) -> str:
     """DDL of curate's excluded rows: the row as the dropping step saw it, why, and what it duplicates."""
-    return _ddl([("id", "string"), ("reason", "string"), ("text", "string"), ("duplicate_of", "string"),
-                 ("similarity", "double"), ("cluster_id", "string"), ("label", "bigint"), *extra_columns(pipeline),
-                 ("event_time", "timestamp")]) + ", " + KAFKA_DDL
+    return _ddl(table_columns(pipeline, "excluded"))
 
 
 def curated_required(pipeline: PipelineConfig) -> dict[str, str]:

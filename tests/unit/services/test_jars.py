@@ -142,10 +142,10 @@ def test_marker_without_jars_is_not_resolved(jvm_dir):
     assert not jars.is_resolved("s3a")
 
 
-def test_classpath_and_s3a_jars(jvm_dir, fake_tools):
+def test_classpath_and_spark_jars(jvm_dir, fake_tools):
     cp = jars.kafka_classpath()
     assert cp == str(jars.jar_dir("kafka") / "fake-1.0.jar")
-    assert jars.s3a_jars() == [jars.jar_dir("s3a") / "fake-1.0.jar"]
+    assert jars.spark_jars() == [jars.jar_dir("s3a") / "fake-1.0.jar", jars.jar_dir("iceberg") / "fake-1.0.jar"]
 
 
 def test_maven_failure_shows_its_tail(jvm_dir, fake_tools):
@@ -162,7 +162,7 @@ def test_resolve_all_prints_progress(jvm_dir, fake_tools):
     assert any("resolving kafka" in line for line in lines)
     lines.clear()
     jars.resolve_all(progress=lines.append)
-    assert all("up to date" in line for line in lines) and len(lines) == 2
+    assert all("up to date" in line for line in lines) and len(lines) == len(jars.KINDS)
 
 
 def test_module_main_reports_missing_tools(jvm_dir, tmp_path):
@@ -235,7 +235,7 @@ def test_submit_kwargs_keep_secrets_in_env(jvm_dir, fake_tools, monkeypatch):
 
     monkeypatch.delenv("LAKEFORGE_SPARK_JARS_MODE", raising=False)
     kw = submit_kwargs(_settings())
-    jar = str(jars.jar_dir("s3a") / "fake-1.0.jar")
+    jar = os.pathsep.join(str(jars.jar_dir(k) / "fake-1.0.jar") for k in ("s3a", "iceberg"))
     assert kw["driver_class_path"] == jar and "jars" not in kw
     assert kw["conf"]["spark.executor.extraClassPath"] == jar
     assert kw["env_vars"]["LAKEFORGE_S3_SECRET_ACCESS_KEY"] == "s3cr3t-unit"
@@ -245,7 +245,7 @@ def test_submit_kwargs_keep_secrets_in_env(jvm_dir, fake_tools, monkeypatch):
 
     monkeypatch.setenv("LAKEFORGE_SPARK_JARS_MODE", "jars")
     kw = submit_kwargs(_settings())
-    assert kw["jars"] == jar and "driver_class_path" not in kw
+    assert kw["jars"] == jar.replace(os.pathsep, ",") and "driver_class_path" not in kw
 
 
 def test_bad_jars_mode(monkeypatch):
