@@ -41,7 +41,7 @@ def raw_rows(pipeline: PipelineConfig, day: datetime, ids: range, topic_partitio
     columns = {
         "id": [f"r{i}" for i in ids], "text": [f"review number {i}" for i in ids], "label": [i % 2 for i in ids],
         "source": ["itest"] * n, "event_time": [day + timedelta(minutes=i) for i in ids],
-        "kafka_topic": [pipeline.kafka.topic] * n, "kafka_partition": [topic_partition] * n,
+        "kafka_topic": [pipeline.topic] * n, "kafka_partition": [topic_partition] * n,
         "kafka_offset": list(ids), "kafka_timestamp": [day + timedelta(minutes=i) for i in ids],
     }
     return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
@@ -71,7 +71,7 @@ def test_a_partition_overwrite_is_one_atomic_commit_and_time_travel_reads_the_ol
     raw.append(raw_rows(pipeline, DAY1, range(0, 10)), snapshot_properties={"lakeforge.run_id": "first"})
     raw.append(raw_rows(pipeline, DAY2, range(100, 105)), snapshot_properties={"lakeforge.run_id": "day2"})
     first = raw.refresh().current_snapshot()
-    offsets = {pipeline.kafka.topic: {"0": [0, 12]}}
+    offsets = {pipeline.topic: {"0": [0, 12]}}
     raw.overwrite(raw_rows(pipeline, DAY1, range(0, 12)), overwrite_filter=day_filter(pipeline, DAY1),
                   snapshot_properties={"lakeforge.run_id": "rerun", "lakeforge.kafka_offsets": json.dumps(offsets)})
     raw.refresh()
