@@ -73,7 +73,7 @@ def make_batch_function(steps: Sequence[BatchStep], schema) -> Callable[[Iterato
     """
     from pyspark.sql.pandas.types import to_arrow_type
 
-    added = {f.name: to_arrow_type(f.dataType, timezone="UTC") for f in schema.fields}
+    added = {f.name: to_arrow_type(f.dataType) for f in schema.fields}  # timestamps: tz UTC (the default)
     names = [f.name for f in schema.fields]
 
     def run(batches):

@@ -44,7 +44,7 @@ def read_manifest_frame(spark: "SparkSession", lake: Lake, manifest: Manifest,
     from pyspark.sql import functions as F
 
     if not manifest.files:
-        return spark.emptyDataFrame(empty_schema)  # JVM-side: no Python worker for nothing
+        return spark.createDataFrame([], empty_schema)  # a local relation: no Python worker for nothing
     df = spark.read.parquet(*file_uris(lake, manifest.files))
     missing = [c for c in required if c not in df.columns]
     if missing:
