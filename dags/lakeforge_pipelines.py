@@ -66,7 +66,9 @@ them lists their partitions, and `reland_late` triggers a run of this DAG for ea
 `force_complete` true), which re-lands it whole; its manifest counts them as `late_rows`.
 
 **Params:** `partition` (manual runs), `force_complete` (land without waiting for completeness),
-`max_steps` (training override). Landing counts, lag and volume per topic-partition are in the raw asset
+`accept_retention_loss` (land even when Kafka retention already deleted records that may be the
+partition's; without it that landing fails, not retried, naming the deleted offsets), `max_steps`
+(training override). Landing counts, lag and volume per topic-partition are in the raw asset
 event's metadata and in `$LAKEFORGE_HOME/metrics/ingest_{name}.prom` (Prometheus text format).
 """
 
@@ -115,6 +117,9 @@ for pipeline in valid_pipelines():
                                description="YYYY-MM-DD (required on manual runs; scheduled runs use the data interval)"),
             "force_complete": Param(False, type="boolean", title="Land without waiting",
                                     description="skip the completeness wait (late records are re-landed later)"),
+            "accept_retention_loss": Param(False, type="boolean", title="Accept records lost to Kafka retention",
+                                           description="land what remains when retention deleted records that may "
+                                                       "be this partition's; the deleted offsets are recorded"),
             "max_steps": Param(None, type=["null", "integer"], minimum=1, title="Training steps override"),
         },
         tags=["lakeforge", pipeline.name],

@@ -220,6 +220,9 @@ def pipeline_check(pipeline: str = typer.Argument(..., help="pipeline name or YA
 def ingest(pipeline: str = typer.Option(DEFAULT_PIPELINE, help="pipeline name or YAML path"),
            partition: str = typer.Option(..., help="YYYY-MM-DD (or YYYY-MM-DDTHH for hourly pipelines)"),
            force: bool = typer.Option(False, "--force", help="land even if the topic has not passed end + lateness"),
+           accept_retention_loss: bool = typer.Option(
+               False, "--accept-retention-loss",
+               help="land even if Kafka retention deleted records that may be this partition's (recorded)"),
            run_id: Optional[str] = typer.Option(None, help="run id (default: generated)")) -> None:
     """Land one partition from Kafka into the lake (what the DAG's land_events task runs)."""
     from lakeforge.ingest import IngestOptions, run
@@ -227,7 +230,8 @@ def ingest(pipeline: str = typer.Option(DEFAULT_PIPELINE, help="pipeline name or
 
     try:
         stage = StageRun.create(pipeline, partition, run_id)
-        m = run(stage, IngestOptions(force=force), progress=lambda msg: Console(stderr=True).print(f"[dim]{msg}[/dim]"))
+        options = IngestOptions(force=force, accept_retention_loss=accept_retention_loss)
+        m = run(stage, options, progress=lambda msg: Console(stderr=True).print(f"[dim]{msg}[/dim]"))
     except LakeforgeError as exc:
         _fail(exc)
     print(json.dumps(summarize(m, stage.lake)))

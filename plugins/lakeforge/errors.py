@@ -57,5 +57,9 @@ class PartitionIncompleteError(LakeforgeError):
     """The topic has not yet passed the partition's end plus the allowed lateness."""
 
 
+class RetentionLossError(LakeforgeError):
+    """Kafka retention deleted records that may belong to the partition; landing it would lose them silently."""
+
+
 class TimestampSkewError(LakeforgeError):
     """Records' Kafka timestamps precede their event times by more than the configured skew."""

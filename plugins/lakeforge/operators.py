@@ -124,8 +124,18 @@ def land_events(pipeline_name: str, **context: Any) -> dict:
     from lakeforge.ingest import IngestOptions, run
     from lakeforge.stage.run import summarize
 
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from lakeforge.errors import RetentionLossError
+
     stage = stage_run(pipeline_name, context)
-    manifest = run(stage, IngestOptions(force=bool((context["params"] or {}).get("force_complete"))))
+    params = context["params"] or {}
+    options = IngestOptions(force=bool(params.get("force_complete")),
+                            accept_retention_loss=bool(params.get("accept_retention_loss")))
+    try:
+        manifest = run(stage, options)
+    except RetentionLossError as exc:  # the records are gone: a retry cannot bring them back
+        raise AirflowFailException(str(exc)) from exc
     meta = summarize(manifest, stage.lake)
     attach_to_outlets(context, meta)
     return meta

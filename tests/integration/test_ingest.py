@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from lakeforge.config import PIPELINES_DIR, Partition
-from lakeforge.errors import (ConcurrentRunError, PartitionIncompleteError, SourceUnavailableError,
-                              TimestampSkewError)
+from lakeforge.errors import (ConcurrentRunError, ManifestError, PartitionIncompleteError, RetentionLossError,
+                              SourceUnavailableError, TimestampSkewError)
 from lakeforge.ingest import IngestOptions, run
 from lakeforge.lake import Lake
 from lakeforge.produce import FaultRates, ProduceConfig, produce
@@ -269,6 +269,45 @@ def test_timestamp_skew_beyond_the_bound_fails_instead_of_missing_records(servic
     p.flush(30)
     with pytest.raises(TimestampSkewError, match="max_timestamp_skew_s"):
         run(StageRun.create(path, day(1), settings=settings), IngestOptions(force=True))
+
+
+def test_records_deleted_by_retention_fail_the_landing_unless_the_loss_is_accepted(services, settings, tmp_path):
+    """Kafka retention removed the partition's first records: the landing names the deleted offsets instead
+    of starting at the log start silently; accepting the loss lands the rest and records it."""
+    from confluent_kafka import Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from lakeforge.services.kafka import create_topic
+
+    path, name = private_pipeline(tmp_path, "retention")
+    topic = yaml.safe_load(Path(path).read_text())["topic"]
+    create_topic(settings.kafka_bootstrap, topic, 1)
+    p = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    start = END - timedelta(days=1)
+    for i in range(10):
+        t = start + timedelta(hours=2 * i)  # day(1) only; the last ones mark it complete
+        ev = {"id": f"k{i}", "text": "a fine film", "label": 1, "event_time": t.isoformat()}
+        p.produce(topic, json.dumps(ev).encode(), timestamp=int(t.timestamp() * 1000))
+    p.produce(topic, json.dumps({"id": "next", "text": "a fine film", "label": 1,
+                                 "event_time": (END + timedelta(hours=3)).isoformat()}).encode(),
+              timestamp=int((END + timedelta(hours=3)).timestamp() * 1000))
+    p.flush(30)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for fut in admin.delete_records([TopicPartition(topic, 0, 4)]).values():  # what retention does
+        fut.result(30)
+
+    stage = StageRun.create(path, day(1), settings=settings)
+    with pytest.raises(RetentionLossError, match=r"topic-partition 0: offsets \[0, 4\)"):
+        run(stage, IngestOptions(force=True))
+    with pytest.raises(ManifestError):
+        Lake(settings).read_manifest("raw", name, stage.partition)  # nothing was published
+    m = run(stage, IngestOptions(force=True, accept_retention_loss=True))
+    ids = Lake(settings).read_table(m, columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == [f"k{i}" for i in range(4, 10)]
+    assert m.stats["retention_loss"] == {"0": [0, 4]} and m.stats["retention_loss_offsets"] == 4
+    # a later partition whose records all remain lost nothing
+    later = run(StageRun.create(path, day(0), settings=settings), IngestOptions(force=True))
+    assert later.stats["retention_loss"] == {} and later.rows == 1
 
 
 def test_any_dataset_by_yaml_string_labels_and_an_extra_column(services, settings, tmp_path):

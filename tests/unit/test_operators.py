@@ -122,3 +122,24 @@ def test_a_failed_gate_is_known_by_the_exit_status(monkeypatch, status, retried)
         op.execute({})
     assert isinstance(err.value, AirflowFailException) is not retried
     assert op.exit_status() == status
+
+
+def test_records_lost_to_retention_fail_the_landing_without_retries(monkeypatch, partition_parses, on_local_lake):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    import lakeforge.ingest as ingest
+    from lakeforge.errors import RetentionLossError
+
+    seen = []
+
+    def fake_run(stage, options):
+        seen.append(options.accept_retention_loss)
+        if not options.accept_retention_loss:
+            raise RetentionLossError("offsets [0, 7) deleted")
+        return manifest()
+
+    monkeypatch.setattr(ingest, "run", fake_run)
+    with pytest.raises(AirflowFailException, match=r"offsets \[0, 7\) deleted"):
+        operators.land_events("movie_reviews", **context("2026-11-23"))
+    operators.land_events("movie_reviews", **context("2026-11-23", accept_retention_loss=True))
+    assert seen == [False, True]

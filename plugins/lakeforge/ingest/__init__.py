@@ -18,7 +18,10 @@ timestamp (``time_source: kafka_timestamp``). The topic's own partitions are alw
    it, so nothing earlier can belong). The hint is verified against the records read: a record
    whose Kafka timestamp precedes its event time by more than the skew would mean the hint may
    have skipped records of this partition, and the run fails instead of publishing a short
-   partition;
+   partition. When Kafka retention already deleted records that may be this partition's (the log
+   start is that first offset, :func:`~lakeforge.ingest.kafka.retention_gaps`), the run fails with
+   :class:`~lakeforge.errors.RetentionLossError` naming the deleted range, unless
+   ``IngestOptions(accept_retention_loss=True)``, which records it (``stats.retention_loss``);
 5. reads every record from the start to the snapshot, all topic-partitions at once (librdkafka
    fetches them in parallel), each in offset order. A record whose event time falls in the interval
    lands in ``raw/``; one that cannot be parsed or violates the schema goes to ``quarantine/``
@@ -53,7 +56,7 @@ The summary of a landing (XCom, asset events, the CLI's last line) is
 
 from lakeforge.ingest.files import BackgroundWriter, BoundedExecutor, ParquetFileStream
 from lakeforge.ingest.kafka import (TopicSnapshot, check_complete, completeness, explain_completeness, offsets_at,
-                                    open_consumer, read_topic_partitions, snapshot, topic_size)
+                                    open_consumer, read_topic_partitions, retention_gaps, snapshot, topic_size)
 from lakeforge.ingest.landing import (IngestOptions, Landing, LateRecordTracker, TopicPartitionLanding,
                                       TopicPartitionStats, gc_paused, run)
 from lakeforge.ingest.metrics import export_metrics
@@ -65,5 +68,5 @@ __all__ = [
     "Landing", "LateRecordTracker", "ParquetFileStream", "ParsedBatch", "RecordRejected", "TopicPartitionLanding",
     "TopicPartitionStats", "TopicSnapshot", "check_complete", "completeness", "explain_completeness",
     "export_metrics", "gc_paused", "offsets_at", "open_consumer", "parse_record", "raw_schema",
-    "read_topic_partitions", "run", "snapshot", "topic_size",
+    "read_topic_partitions", "retention_gaps", "run", "snapshot", "topic_size",
 ]

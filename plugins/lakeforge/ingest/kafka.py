@@ -113,6 +113,25 @@ def offsets_at(consumer, topic: str, topic_partitions: list[int], ts_ms: int) ->
     return {position.partition: position.offset for position in found}
 
 
+def retention_gaps(snap: TopicSnapshot, hints: dict[int, int]) -> dict[int, int]:
+    """Topic-partitions whose deleted records (offsets below the log start, removed by retention) may
+    belong to the interval whose start offsets are ``hints`` (:func:`offsets_at`): topic-partition ->
+    log start offset, so offsets ``[0, log start)`` are gone.
+
+    A log that starts at 0 lost nothing. When the first record stamped at or after the interval's
+    start is *later* than the log start, the records between are older than the interval and so are
+    the deleted ones (Kafka timestamps grow with offsets, within the allowed skew): nothing of the
+    interval was lost. When it *is* the log start, or the log is empty after a deletion, the deleted
+    records may have been the interval's first ones: that is a gap.
+    """
+    gaps = {}
+    for tp in snap.topic_partitions:
+        low, high, hint = snap.low[tp], snap.high[tp], hints.get(tp, -1)
+        if low > 0 and (hint == low or (hint < 0 and low == high)):
+            gaps[tp] = low
+    return gaps
+
+
 def completeness(consumer, snap: TopicSnapshot, partition: Partition, lateness_s: int) -> dict[int, bool]:
     """Whether each topic-partition has passed ``end + lateness`` (an empty one is idle, so complete)."""
     mark = int((partition.end.timestamp() + lateness_s) * 1000)

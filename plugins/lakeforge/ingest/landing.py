@@ -28,10 +28,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from lakeforge.config import Partition, PipelineConfig
-from lakeforge.errors import ManifestError, PartitionIncompleteError, TimestampSkewError
+from lakeforge.errors import ManifestError, PartitionIncompleteError, RetentionLossError, TimestampSkewError
 from lakeforge.ingest.files import BackgroundWriter, ParquetFileStream
 from lakeforge.ingest.kafka import (completeness, explain_completeness, offsets_at, open_consumer,
-                                    read_topic_partitions, snapshot)
+                                    read_topic_partitions, retention_gaps, snapshot)
 from lakeforge.ingest.metrics import export_metrics
 from lakeforge.ingest.records import QUARANTINE_SCHEMA, BatchParser, raw_schema
 from lakeforge.lake import Lake, Manifest
@@ -47,6 +47,7 @@ class IngestOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     force: bool = False  # land even if the topic has not passed end + allowed lateness
+    accept_retention_loss: bool = False  # land even if Kafka retention deleted records that may be this partition's
     poll_timeout_s: float = 1.0  # one consume()'s wait
     stall_timeout_s: float = 60.0  # fail when a topic-partition yields nothing for this long
 
@@ -286,6 +287,16 @@ def _land(stage: StageRun, options: IngestOptions, progress: Callable[[str], Non
                                                "force (the DAG's `force_complete` Param).")
         hints = offsets_at(consumer, topic, snap.topic_partitions,
                            landing.start_ms - (landing.skew_ms if landing.by_field else 0))
+        lost = retention_gaps(snap, hints)
+        if lost and not options.accept_retention_loss:
+            gone = ", ".join(f"topic-partition {tp}: offsets [0, {low})" for tp, low in sorted(lost.items()))
+            raise RetentionLossError(
+                f"{partition.path}: Kafka retention already deleted records of {topic} that may belong to this "
+                f"partition ({gone}; the oldest remaining record is at or after the partition's start). Restore them "
+                "and rerun, or land what remains with accept_retention_loss (the DAG's `accept_retention_loss` Param, "
+                "`lakeforge ingest --accept-retention-loss`); the landing then records the deleted range in its stats.")
+        if lost:
+            log.warning("%s: landing without offsets deleted by retention: %s", partition.path, lost)
         ranges = {tp: (max(hints[tp] if hints[tp] >= 0 else snap.high[tp], snap.low[tp]), snap.high[tp])
                   for tp in snap.topic_partitions}
         tp_landings = {tp: TopicPartitionLanding(landing, tp, first, end) for tp, (first, end) in ranges.items()}
@@ -326,6 +337,9 @@ def _land(stage: StageRun, options: IngestOptions, progress: Callable[[str], Non
         stats={"records_scanned": scanned, "records_scanned_outside_interval": landing.outside, "seconds": seconds,
                "msgs_per_s": round(scanned / max(seconds, 1e-9)), "forced": options.force,
                "time_source": spec.time_source, "max_timestamp_lead_s": round(landing.max_lead_ms / 1000, 3),
+               # accepted loss to retention: topic-partition -> [0, log start) deleted before this landing
+               "retention_loss": {str(tp): [0, low] for tp, low in sorted(lost.items())},
+               "retention_loss_offsets": sum(lost.values()),
                "late_rows": landing.late_rows if previous else 0,
                "late_partitions": dict(sorted(landing.late.late.items())),
                "topic_partitions": {str(tp): tp_landing.stats.as_dict(high_now.get(tp, tp_landing.stats.end))

@@ -9,7 +9,8 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from lakeforge.config import Partition, PipelineConfig
-from lakeforge.ingest.kafka import TopicSnapshot, completeness, explain_completeness, read_topic_partitions
+from lakeforge.ingest.kafka import (TopicSnapshot, completeness, explain_completeness, read_topic_partitions,
+                                    retention_gaps)
 
 PIPE = PipelineConfig.load("movie_reviews")
 DAY = Partition.parse("2026-11-23")
@@ -92,3 +93,13 @@ def test_completeness_per_topic_partition_and_its_explanation():
     mark = DAY.end + timedelta(seconds=lateness)
     assert explain_completeness({0: True, 1: True}, PIPE, DAY) == (
         True, f"every topic-partition of {PIPE.topic} has passed {mark:%Y-%m-%d %H:%M} UTC")
+
+
+def test_retention_gaps_only_where_deleted_records_may_be_the_interval_s():
+    snap = TopicSnapshot(topic="t", low={0: 0, 1: 5, 2: 5, 3: 9, 4: 9}, high={0: 9, 1: 9, 2: 9, 3: 9, 4: 12})
+    hints = {0: 0,   # nothing ever deleted
+             1: 7,   # records 5, 6 remain and predate the interval: so did the deleted 0..4
+             2: 5,   # the oldest remaining record is already the interval's: 0..4 may have been too
+             3: -1,  # retention emptied the log
+             4: -1}  # records remain, all older than the interval
+    assert retention_gaps(snap, hints) == {2: 5, 3: 9}
