@@ -20,10 +20,11 @@ are instantiated lazily, on first use), so they never show on a command line.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from lakeforge.config import Partition, PipelineConfig, Settings
 from lakeforge.errors import ConfigError
+from lakeforge.stage import schema as layer_schema
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
@@ -31,13 +32,15 @@ if TYPE_CHECKING:
     from pyiceberg.schema import Schema
     from pyiceberg.table import Table
 
-TableLayer = Literal["raw", "quarantine", "curated", "excluded", "dedup_index", "features"]
 #: The tables of every pipeline, in the order the stages write them.
 LAYERS: tuple[str, ...] = ("raw", "quarantine", "curated", "excluded", "dedup_index", "features")
 #: Column a layer without an event-time column is partitioned by: the start of the lake partition
 #: (event-time interval) whose run wrote the row.
-PARTITION_START = "partition_start"
+PARTITION_START = layer_schema.PARTITION_START[0]
 WAREHOUSE_PREFIX = "warehouse"
+#: Iceberg's Spark SQL extensions (``CALL`` procedures, ``ALTER TABLE … WRITE ORDERED BY``): a
+#: session's extensions are fixed when it starts.
+SPARK_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
 
 
 # -- names and places ------------------------------------------------------------------------
@@ -106,11 +109,11 @@ def jdbc_parts(catalog_uri: str) -> tuple[str, str, str]:
 
 def spark_conf(settings: Settings) -> dict[str, str]:
     """Non-secret Spark settings for the lake's catalog (``spark.sql.catalog.<name>.*``) and Iceberg's
-    SQL extensions (``CALL`` procedures, ``ALTER TABLE … WRITE ORDERED BY``)."""
+    SQL extensions (:data:`SPARK_EXTENSIONS`)."""
     jdbc, user, _ = jdbc_parts(settings.require("catalog_uri"))
     c = f"spark.sql.catalog.{settings.catalog_name}"
     return {
-        "spark.sql.extensions": "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
+        "spark.sql.extensions": SPARK_EXTENSIONS,
         c: "org.apache.iceberg.spark.SparkCatalog",
         f"{c}.catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
         f"{c}.uri": jdbc,
@@ -152,11 +155,8 @@ def _iceberg_type(spark_type: str):
 
 def layer_columns(pipeline: PipelineConfig, layer: str) -> list[tuple[str, str]]:
     """``(name, Spark type)`` of a layer's table, in order (:func:`lakeforge.stage.schema.table_columns`)."""
-    from lakeforge.stage.schema import table_columns
-
-    if layer not in LAYERS:
-        raise ConfigError(f"unknown lake table {layer!r}: expected one of {LAYERS}")
-    return table_columns(pipeline, layer)
+    table_name(pipeline.name, layer)  # an unknown layer is a ConfigError, like everywhere in this module
+    return layer_schema.table_columns(pipeline, layer)
 
 
 def partition_column(pipeline: PipelineConfig, layer: str) -> str:
@@ -206,10 +206,7 @@ def partition_spec(pipeline: PipelineConfig, layer: str, schema: "Schema") -> "P
 def ensure_table(catalog: "SqlCatalog", pipeline: PipelineConfig, layer: str) -> "Table":
     """The layer's table, created (with its namespace) on first use. Idempotent under concurrency: a
     creator that loses the race loads the winner's table."""
-    from pyiceberg.exceptions import (
-        NamespaceAlreadyExistsError,
-        TableAlreadyExistsError,
-    )
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
 
     ident = table_name(pipeline.name, layer)
     if catalog.table_exists(ident):
@@ -218,9 +215,10 @@ def ensure_table(catalog: "SqlCatalog", pipeline: PipelineConfig, layer: str) ->
         catalog.create_namespace(namespace(pipeline.name))
     except NamespaceAlreadyExistsError:
         pass
-    schema = iceberg_schema(pipeline, layer)
+    table_schema = iceberg_schema(pipeline, layer)
     try:
-        return catalog.create_table(ident, schema=schema, partition_spec=partition_spec(pipeline, layer, schema),
+        return catalog.create_table(ident, schema=table_schema,
+                                    partition_spec=partition_spec(pipeline, layer, table_schema),
                                     properties={"format-version": "2", "write.parquet.compression-codec": "zstd",
                                                 "lakeforge.pipeline": pipeline.name, "lakeforge.layer": layer})
     except TableAlreadyExistsError:
@@ -275,12 +273,7 @@ def publish_partition(table: "Table", rows, *, column: str, partition: Partition
         the snapshot that publishes the partition.
     """
     from pyiceberg.exceptions import CommitFailedException
-    from tenacity import (
-        Retrying,
-        retry_if_exception_type,
-        stop_after_attempt,
-        wait_random_exponential,
-    )
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
     from lakeforge import code_version
     from lakeforge.errors import PublishConflictError

@@ -121,12 +121,11 @@ def land_events(pipeline_name: str, **context: Any) -> dict:
     the lake partitions that received late records, for the re-land task) is the raw asset event's
     metadata and the task's XCom.
     """
-    from lakeforge.ingest import IngestOptions, run
-    from lakeforge.stage.run import summarize
-
     from airflow.sdk.exceptions import AirflowFailException
 
     from lakeforge.errors import RetentionLossError
+    from lakeforge.ingest import IngestOptions, run
+    from lakeforge.stage.run import summarize
 
     stage = stage_run(pipeline_name, context)
     params = context["params"] or {}

@@ -20,10 +20,11 @@ def spark():
 
     builder = SparkSession.builder
     try:  # the jars on the class path: integration tests later in this session reuse this JVM for the lake
+        from lakeforge.catalog import SPARK_EXTENSIONS
         from lakeforge.spark import _spark_jar_paths
 
         builder = builder.config("spark.driver.extraClassPath", os.pathsep.join(_spark_jar_paths())).config(
-            "spark.sql.extensions", "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions")
+            "spark.sql.extensions", SPARK_EXTENSIONS)
     except Exception:  # jars not resolved (no `make setup`): unit tests need none
         pass
     session = (

@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 
 #: Spark SQL type of each logical field type of the YAML.
 SPARK_TYPES = {"string": "string", "int": "bigint", "float": "double", "bool": "boolean", "timestamp": "timestamp"}
-#: Kafka coordinates of every raw row (and of excluded rows).
-KAFKA_DDL = "kafka_topic string, kafka_partition int, kafka_offset bigint"
 #: Kafka coordinates as the ingest stage writes them (raw and quarantine tables).
 KAFKA_COLUMNS = [("kafka_topic", "string"), ("kafka_partition", "int"), ("kafka_offset", "bigint"),
                  ("kafka_timestamp", "timestamp")]
+#: Kafka coordinates of every raw row (and of excluded rows) as the Spark stages read them.
+KAFKA_DDL = ", ".join(f"{name} {kind}" for name, kind in KAFKA_COLUMNS[:3])
 #: Start of the lake partition whose run wrote the row: the partition column of tables whose rows
 #: carry no event time of their own (quarantine, dedup index).
 PARTITION_START = ("partition_start", "timestamp")
