@@ -51,15 +51,14 @@ COPY jvm/ jvm/
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps -e .
 
-# Bake the JVM jars: hadoop-aws 3.4.2 + its AWS SDK v2 bundle (s3a for Spark), Iceberg's Spark
-# runtime + S3FileIO + the PostgreSQL JDBC driver (the lake's catalog), and the Kafka broker jars.
+# Bake the JVM jars: Iceberg's Spark runtime + S3FileIO + the catalog's JDBC drivers (the lake's
+# tables; Spark needs no Hadoop S3 connector), and the Kafka broker jars.
 # Resolved from jvm/*/pom.xml into $LAKEFORGE_JAR_CACHE; the build fails if one did not come out.
 ENV LAKEFORGE_JAR_CACHE=/opt/lakeforge/jars
 RUN --mount=type=cache,target=/root/.m2 \
     python -m lakeforge.services.jars \
- && ls "$LAKEFORGE_JAR_CACHE"/s3a/hadoop-aws-*.jar \
- && ls "$LAKEFORGE_JAR_CACHE"/s3a/bundle-*.jar \
- && ls "$LAKEFORGE_JAR_CACHE"/iceberg/iceberg-spark-runtime-*.jar
+ && ls "$LAKEFORGE_JAR_CACHE"/iceberg/iceberg-spark-runtime-*.jar \
+ && ls "$LAKEFORGE_JAR_CACHE"/iceberg/iceberg-aws-bundle-*.jar
 
 # ------------------------------------------------------------------------------------------------
 # runtime: JRE for Spark, the venv, the project, the jars; runs as a non-root user

@@ -34,11 +34,13 @@ DOC = """
 
 **Flow:** `wait_for_partition` (sensor, reschedule mode: every Kafka topic-partition of the topic must hold a record
 stamped at or after the interval's end + {lateness}s allowed lateness; times out after {timeout}s) ->
-`land_events` (Kafka topic `{topic}` -> `s3://<lake>/raw/{name}/dt=…/`, Parquet + `_MANIFEST.json`,
-bad records to `quarantine/` with a reason) -> `curate_partition` (Spark: {steps}; drops counted per reason,
-dropped rows kept under the run's `_excluded/`, duplicates of any other curated partition dropped too) ->
+`land_events` (Kafka topic `{topic}` -> Iceberg table `{name}.raw`, one commit per partition carrying the
+Kafka offsets; bad records to `{name}.quarantine` with a reason) -> `curate_partition` (Spark: {steps};
+drops counted per reason, dropped rows kept in `{name}.excluded`, duplicates of any other curated partition
+dropped too, via `{name}.dedup_index`; publishes `{name}.curated`) ->
 `build_features` (Spark: labels, fast-tokenizer `input_ids`, train/validation/test split by near-duplicate
-cluster) -> `train_model` (`torchrun jobs/train.py`, pool `gpu`: streams the features from the lake, fine-tunes,
+cluster; `{name}.features`) -> `train_model` (`torchrun jobs/train.py`, pool `gpu`: streams the files of the
+features snapshot, fine-tunes,
 logs to MLflow and registers `{model}`, plus a TF-IDF baseline as a second candidate) -> `promote_model` (gates
 each candidate vs. the `champion` alias on the test split).
 
@@ -58,12 +60,16 @@ length histograms, drops per rule, duplicate clusters, dropped examples); its li
 asset event's metadata (`report_url` opens it) and travel to the MLflow run that trains on the partition.
 One `curate_partition` runs at a time per pipeline, so a backfill never admits one duplicate twice.
 
-**Reruns** replace a partition whole: readers only see what a `_MANIFEST.json` lists. Two runs of the same
-partition at once: the second fails at once naming the holder (a PostgreSQL advisory lock).
+**Reruns** replace a partition whole, in one Iceberg commit whose snapshot summary names the run, its row
+counts and its inputs; readers read the snapshot of the commit they found, so a rerun never pulls files from
+under them, and older snapshots stay readable (time travel) until the `lakeforge_maintenance` DAG expires
+them. Two runs of the same partition at once: the later commit fails (`PublishConflictError`), and a second
+landing fails at once naming the holder (a PostgreSQL advisory lock). `lakeforge lineage <model>@champion`
+traces a model to its snapshots and Kafka offsets.
 
 **Late records** (reaching Kafka after their partition was landed) are never dropped: the landing that reads
 them lists their partitions, and `reland_late` triggers a run of this DAG for each (`partition` set,
-`force_complete` true), which re-lands it whole; its manifest counts them as `late_rows`.
+`force_complete` true), which re-lands it whole; its commit counts them as `late_rows`.
 
 **Params:** `partition` (manual runs), `force_complete` (land without waiting for completeness),
 `accept_retention_loss` (land even when Kafka retention already deleted records that may be the

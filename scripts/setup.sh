@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent, unattended setup of a fresh machine: checks JDK/Maven, creates .venv from the lock
-# file, installs lakeforge (editable), resolves the JVM jars (Kafka broker, hadoop-aws + AWS SDK, Iceberg)
+# file, installs lakeforge (editable), resolves the JVM jars (Kafka broker, Iceberg)
 # into .cache/jars. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,6 @@ else
   echo "==> .venv up to date"
 fi
 
-echo "==> JVM jars (Kafka broker, hadoop-aws + AWS SDK bundle, Iceberg + PostgreSQL JDBC)"
+echo "==> JVM jars (Kafka broker, Iceberg + S3FileIO + PostgreSQL/SQLite JDBC)"
 .venv/bin/python -m lakeforge.services.jars
 echo "==> setup done"

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 
 def code_version() -> str:
-    """The git commit of the running code (recorded in manifests and MLflow runs)."""
+    """The git commit of the running code (recorded in lake commits and MLflow runs)."""
     import subprocess
     from pathlib import Path
 

@@ -11,7 +11,8 @@ Iceberg's ``JdbcCatalog`` (:func:`spark_conf` + :func:`spark_secrets`, used by t
 catalog name is part of every catalog row, so it is the same on both sides
 (``Settings.catalog_name``). Data and metadata files live under ``s3://<bucket>/warehouse/`` and are
 read and written with Iceberg's own S3 clients (pyiceberg's pyarrow FileIO, Spark's ``S3FileIO``), not
-through Hadoop's s3a.
+through Hadoop's s3a (which lakeforge does not load). A :class:`~lakeforge.lake.LocalLake` has the same
+catalog in a SQLite file and its warehouse on local disk.
 
 Secrets (the catalog database password inside ``Settings.catalog_uri``, the S3 keys) never enter a
 Spark launch config: :func:`spark_secrets` returns them for ``spark.conf.set`` at run time (catalogs
@@ -64,8 +65,13 @@ def spark_table(pipeline: str, layer: str, settings: Settings) -> str:
 
 
 def warehouse(settings: Settings) -> str:
-    """Where new tables put their files: ``s3://<bucket>/warehouse``."""
-    return f"s3://{settings.s3_bucket}/{WAREHOUSE_PREFIX}"
+    """Where new tables put their files: ``Settings.warehouse``, default ``s3://<bucket>/warehouse``."""
+    return settings.warehouse or f"s3://{settings.s3_bucket}/{WAREHOUSE_PREFIX}"
+
+
+def on_s3(settings: Settings) -> bool:
+    """Whether the tables' files live in the S3 store (else on a local file system: a LocalLake)."""
+    return warehouse(settings).startswith(("s3://", "s3a://"))
 
 
 # -- the pyiceberg side ----------------------------------------------------------------------
@@ -83,22 +89,26 @@ def io_properties(settings: Settings) -> dict[str, str]:
 
 
 def load_catalog(settings: Settings | None = None) -> "SqlCatalog":
-    """The lake's catalog for pyiceberg (PostgreSQL through SQLAlchemy, ``Settings.catalog_uri``)."""
+    """The lake's catalog for pyiceberg (PostgreSQL through SQLAlchemy, ``Settings.catalog_uri``; a
+    SQLite file for a local lake)."""
     from pyiceberg.catalog.sql import SqlCatalog
 
     settings = settings or Settings.load()
     return SqlCatalog(settings.catalog_name, uri=settings.require("catalog_uri"), warehouse=warehouse(settings),
-                      **io_properties(settings))
+                      **(io_properties(settings) if on_s3(settings) else {}))
 
 
 # -- the Spark side --------------------------------------------------------------------------
 
 
 def jdbc_parts(catalog_uri: str) -> tuple[str, str, str]:
-    """``(jdbc url, user, password)`` of a ``postgresql[+driver]://user:pw@host:port/db`` URI."""
+    """``(jdbc url, user, password)`` of a ``postgresql[+driver]://user:pw@host:port/db`` URI (or of
+    ``sqlite:///path``: a local lake's catalog)."""
     from sqlalchemy.engine import make_url
 
     url = make_url(catalog_uri)
+    if url.drivername.startswith("sqlite"):
+        return f"jdbc:sqlite:{url.database}", "", ""
     if not url.drivername.startswith("postgresql"):
         raise ConfigError(f"the Iceberg catalog must be on PostgreSQL for Spark's JDBC catalog, got {url.drivername!r}")
     if not url.host:
@@ -112,32 +122,34 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     SQL extensions (:data:`SPARK_EXTENSIONS`)."""
     jdbc, user, _ = jdbc_parts(settings.require("catalog_uri"))
     c = f"spark.sql.catalog.{settings.catalog_name}"
-    return {
+    conf = {
         "spark.sql.extensions": SPARK_EXTENSIONS,
         c: "org.apache.iceberg.spark.SparkCatalog",
         f"{c}.catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
         f"{c}.uri": jdbc,
         f"{c}.jdbc.user": user,
         f"{c}.warehouse": warehouse(settings),
-        f"{c}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
-        f"{c}.s3.endpoint": settings.require("s3_endpoint"),
-        f"{c}.s3.path-style-access": "true",
-        f"{c}.client.region": settings.s3_region,
         # Spark's catalog caches table metadata (30 s by default): a job must see the commit of
         # the job before it, so every lookup loads the current metadata.
         f"{c}.cache-enabled": "false",
     }
+    if on_s3(settings):  # else Iceberg's default FileIO reads and writes the local warehouse
+        conf.update({f"{c}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
+                     f"{c}.s3.endpoint": settings.require("s3_endpoint"),
+                     f"{c}.s3.path-style-access": "true",
+                     f"{c}.client.region": settings.s3_region})
+    return conf
 
 
 def spark_secrets(settings: Settings) -> dict[str, str]:
     """The catalog's secret settings, for ``spark.conf.set`` before the catalog's first use."""
     _, _, password = jdbc_parts(settings.require("catalog_uri"))
     c = f"spark.sql.catalog.{settings.catalog_name}"
-    return {
-        f"{c}.jdbc.password": password,
-        f"{c}.s3.access-key-id": settings.require("s3_access_key_id"),
-        f"{c}.s3.secret-access-key": settings.require("s3_secret_access_key"),
-    }
+    secrets = {f"{c}.jdbc.password": password}
+    if on_s3(settings):
+        secrets.update({f"{c}.s3.access-key-id": settings.require("s3_access_key_id"),
+                        f"{c}.s3.secret-access-key": settings.require("s3_secret_access_key")})
+    return secrets
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -171,9 +183,14 @@ def partition_column(pipeline: PipelineConfig, layer: str) -> str:
 
 
 def iceberg_schema(pipeline: PipelineConfig, layer: str) -> "Schema":
-    """The Iceberg schema of a layer's table (field ids 1..n in column order; all columns optional,
-    so a required YAML field missing from a record is the quarantine's business, not a write error)."""
-    from pyiceberg.schema import Schema
+    """The Iceberg schema of a layer's table (all columns optional, so a required YAML field missing
+    from a record is the quarantine's business, not a write error).
+
+    Field ids are those the catalog gives the table: the columns 1..n in order, then the ids of nested
+    fields (list elements). The table's name mapping (how files without field ids, ingest's, are read)
+    is made from this schema, so its ids must be the table's own.
+    """
+    from pyiceberg.schema import Schema, assign_fresh_schema_ids
     from pyiceberg.types import ListType, NestedField
 
     fields = []
@@ -187,7 +204,8 @@ def iceberg_schema(pipeline: PipelineConfig, layer: str) -> "Schema":
         else:
             fields.append(NestedField(next_id, name, _iceberg_type(kind), required=False))
             next_id += 1
-    return Schema(*fields)
+    # a catalog re-numbers the ids of a new table this way (Iceberg's fresh ids, breadth first)
+    return assign_fresh_schema_ids(Schema(*fields))
 
 
 def partition_spec(pipeline: PipelineConfig, layer: str, schema: "Schema") -> "PartitionSpec":
@@ -203,25 +221,45 @@ def partition_spec(pipeline: PipelineConfig, layer: str, schema: "Schema") -> "P
                                         name=f"{column}_{'hour' if hourly else 'day'}"))
 
 
+#: Table properties of particular layers. features: 16 MiB row groups, the unit training streams and
+#: shards by (Spark writes the table).
+LAYER_PROPERTIES = {"features": {"write.parquet.row-group-size-bytes": str(16 << 20)}}
+
+
+def partition_column_of(table: "Table") -> str:
+    """The source column of a table's (one) partition field."""
+    (field,) = table.spec().fields
+    return table.schema().find_field(field.source_id).name
+
+
 def ensure_table(catalog: "SqlCatalog", pipeline: PipelineConfig, layer: str) -> "Table":
     """The layer's table, created (with its namespace) on first use. Idempotent under concurrency: a
     creator that loses the race loads the winner's table."""
     from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
+    from sqlalchemy.exc import IntegrityError
 
     ident = table_name(pipeline.name, layer)
     if catalog.table_exists(ident):
         return catalog.load_table(ident)
     try:
         catalog.create_namespace(namespace(pipeline.name))
-    except NamespaceAlreadyExistsError:
+    # pyiceberg checks, then inserts: a creator that loses the race between the two gets the
+    # database's unique-key violation instead of NamespaceAlreadyExistsError
+    except (NamespaceAlreadyExistsError, IntegrityError):
         pass
     table_schema = iceberg_schema(pipeline, layer)
+    properties = {
+        "format-version": "2", "write.parquet.compression-codec": "zstd",
+        # files written outside Iceberg's writers (ingest's) carry no field ids: read them by name
+        "schema.name-mapping.default": table_schema.name_mapping.model_dump_json(),
+        # concurrent commits to other partitions of the table are retried, not failed
+        "commit.retry.num-retries": "10",
+        "lakeforge.pipeline": pipeline.name, "lakeforge.layer": layer, **LAYER_PROPERTIES.get(layer, {})}
     try:
         return catalog.create_table(ident, schema=table_schema,
                                     partition_spec=partition_spec(pipeline, layer, table_schema),
-                                    properties={"format-version": "2", "write.parquet.compression-codec": "zstd",
-                                                "lakeforge.pipeline": pipeline.name, "lakeforge.layer": layer})
-    except TableAlreadyExistsError:
+                                    properties=properties)
+    except (TableAlreadyExistsError, IntegrityError):  # the same race, for the table
         return catalog.load_table(ident)
 
 
@@ -230,12 +268,7 @@ def ensure_tables(catalog: "SqlCatalog", pipeline: PipelineConfig) -> dict[str, 
     return {layer: ensure_table(catalog, pipeline, layer) for layer in LAYERS}
 
 
-# -- publishing a partition --------------------------------------------------------------------
-
-#: Snapshot summary keys lakeforge writes on every commit (beside Iceberg's own counts).
-PARTITION_KEY = "lakeforge.partition"
-RUN_ID_KEY = "lakeforge.run_id"
-CODE_VERSION_KEY = "lakeforge.code_version"
+# -- partitions and snapshots ---------------------------------------------------------------
 
 
 def interval_filter(column: str, partition: Partition):
@@ -245,63 +278,44 @@ def interval_filter(column: str, partition: Partition):
     return And(GreaterThanOrEqual(column, partition.start.isoformat()), LessThan(column, partition.end.isoformat()))
 
 
-def rival_commit(table: "Table", partition: Partition, run_id: str, since_snapshot_id: int | None):
-    """The newest snapshot after ``since_snapshot_id`` (None: ever) that another run committed to
-    ``partition`` of ``table``, or None. Walks the current snapshot's ancestry."""
-    snap = table.current_snapshot()
-    while snap is not None and snap.snapshot_id != since_snapshot_id:
-        summary = snap.summary or {}
-        if summary.get(PARTITION_KEY) == partition.path and summary.get(RUN_ID_KEY) != run_id:
-            return snap
-        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
-    return None
-
-
-def publish_partition(table: "Table", rows, *, column: str, partition: Partition, run_id: str,
-                      started_from: int | None, properties: dict[str, str] | None = None,
-                      attempts: int = 10):
-    """Replace exactly ``partition`` of ``table`` with ``rows`` (a pyarrow table) in one commit.
-
-    The commit's snapshot summary carries the partition, the run id, the code version and
-    ``properties``. Optimistic concurrency: a commit that loses the race (another writer committed
-    first) is retried on the fresh table state, so writers of *different* partitions all land. A
-    writer of the *same* partition that committed after ``started_from`` (the table's snapshot when
-    this run began reading) wins: this run fails with :class:`PublishConflictError` instead of
-    silently replacing rows it never saw.
-
-    Returns:
-        the snapshot that publishes the partition.
-    """
+def _retrying_commits(attempts: int = 10):
+    """Retry a metadata commit that lost the race to another writer (on the refreshed table)."""
     from pyiceberg.exceptions import CommitFailedException
     from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-    from lakeforge import code_version
-    from lakeforge.errors import PublishConflictError
-
-    summary = {PARTITION_KEY: partition.path, RUN_ID_KEY: run_id, CODE_VERSION_KEY: code_version(),
-               **(properties or {})}
-    for attempt in Retrying(retry=retry_if_exception_type(CommitFailedException), stop=stop_after_attempt(attempts),
-                            wait=wait_random_exponential(multiplier=0.1, max=3), reraise=True):
-        with attempt:
-            table.refresh()
-            rival = rival_commit(table, partition, run_id, started_from)
-            if rival is not None:
-                raise PublishConflictError(
-                    f"{table.name()} {partition.path}: run {rival.summary.get(RUN_ID_KEY)!r} published this partition "
-                    f"(snapshot {rival.snapshot_id}) while run {run_id!r} was writing it; nothing of this run was "
-                    "committed. Rerun it to replace that run's rows.")
-            table.overwrite(rows, overwrite_filter=interval_filter(column, partition), snapshot_properties=summary)
-    return table.current_snapshot()
+    return Retrying(retry=retry_if_exception_type(CommitFailedException), stop=stop_after_attempt(attempts),
+                    wait=wait_random_exponential(multiplier=0.1, max=3), reraise=True)
 
 
 def tag_snapshot(table: "Table", tag: str, snapshot_id: int) -> None:
-    """Tag a snapshot (e.g. ``model-<name>-v<version>`` on the features snapshot a model version trained
-    on): snapshot expiry keeps tagged snapshots, so the rows stay readable by time travel. Re-tagging
-    the same snapshot is a no-op; moving a tag to another snapshot replaces it."""
-    refs = table.refresh().metadata.refs
-    if tag in refs and refs[tag].snapshot_id == snapshot_id:
-        return
-    with table.manage_snapshots() as ms:
-        if tag in refs:
-            ms.remove_tag(tag)
-        ms.create_tag(snapshot_id=snapshot_id, tag_name=tag)
+    """Tag a snapshot (e.g. ``lakeforge-model-<name>-v<version>`` on the features snapshot a model
+    version trained on): snapshot expiry keeps tagged snapshots, so the rows stay readable by time
+    travel. Re-tagging the same snapshot is a no-op; moving a tag to another snapshot replaces it."""
+    set_tags(table, {tag: snapshot_id})
+
+
+def set_tags(table: "Table", tags: dict[str, int]) -> None:
+    """Point every tag of ``tags`` (name -> snapshot id) at its snapshot, in one metadata commit."""
+    for attempt in _retrying_commits():
+        with attempt:
+            refs = table.refresh().metadata.refs
+            moves = {t: s for t, s in tags.items() if t not in refs or refs[t].snapshot_id != s}
+            if not moves:
+                return
+            with table.manage_snapshots() as ms:
+                for tag, snapshot_id in moves.items():
+                    if tag in refs:
+                        ms.remove_tag(tag)
+                    ms.create_tag(snapshot_id=snapshot_id, tag_name=tag)
+
+
+def remove_tags(table: "Table", tags: list[str]) -> None:
+    """Remove tags (those that exist) in one metadata commit."""
+    for attempt in _retrying_commits():
+        with attempt:
+            present = [t for t in tags if t in table.refresh().metadata.refs]
+            if not present:
+                return
+            with table.manage_snapshots() as ms:
+                for tag in present:
+                    ms.remove_tag(tag)

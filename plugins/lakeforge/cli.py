@@ -238,6 +238,19 @@ def ingest(pipeline: str = typer.Option(DEFAULT_PIPELINE, help="pipeline name or
 
 
 @app.command()
+def lineage(model: str = typer.Argument(..., help="registered model: NAME (latest version), NAME@ALIAS or NAME/VERSION"),
+            as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """What a model version was trained on: MLflow run -> features -> curated -> raw snapshots -> Kafka offsets."""
+    from lakeforge.lineage import model_lineage, render
+
+    try:
+        found = model_lineage(model)
+    except LakeforgeError as exc:
+        _fail(exc)
+    print(json.dumps(found, default=str) if as_json else render(found))
+
+
+@app.command()
 def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
           model: Optional[str] = typer.Option(None, help="default pipeline of /v1/predict: a pipeline or registered "
                                                          "model name (default: LAKEFORGE_SERVE_MODEL, else the only "

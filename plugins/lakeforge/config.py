@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     pg_uri: str | None = None  # postgresql://user:pw@host:port or postgresql://user:@/?host=<socketdir>
     catalog_uri: str | None = None  # SQLAlchemy URI of the Iceberg catalog's database (TCP, with password)
     catalog_name: str = "lakeforge"  # Iceberg catalog name: the same for pyiceberg and Spark (a column)
+    warehouse: str | None = None  # where new tables put their files; default s3://<s3_bucket>/warehouse
     mlflow_uri: str | None = None  # MLflow tracking server URL
     airflow_url: str | None = None  # Airflow api-server URL
     serve_url: str | None = None  # lakeforge model server URL
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
         """The lake bucket from ``LAKEFORGE_S3_BUCKET`` (else the default), reading no credentials or
         state files: safe where nothing secret may be touched, such as DAG parsing."""
         return os.environ.get("LAKEFORGE_S3_BUCKET") or cls.model_fields["s3_bucket"].default
+
+    @classmethod
+    def configured_catalog_name(cls) -> str:
+        """The catalog name from ``LAKEFORGE_CATALOG_NAME`` (else the default), reading no state files
+        (for DAG parsing, like :meth:`configured_bucket`)."""
+        return os.environ.get("LAKEFORGE_CATALOG_NAME") or cls.model_fields["catalog_name"].default
 
     def require(self, field: str) -> str:
         """Return a configured endpoint/secret or fail loudly, naming the variable to set."""

@@ -29,11 +29,15 @@ class PrerequisiteError(LakeforgeError):
     """A tool the machine must provide (JDK, Maven) is missing."""
 
 
-class ManifestError(LakeforgeError):
-    """A partition manifest is missing, unreadable, or does not match its files."""
+class LakeError(LakeforgeError):
+    """A lake partition is missing, unreadable, or does not hold what its commit says."""
 
 
-class SchemaMismatchError(ManifestError):
+class PartitionNotPublishedError(LakeError):
+    """No commit published the partition (yet): its upstream task has not run."""
+
+
+class SchemaMismatchError(LakeError):
     """A partition's columns do not match what its pipeline declares; no retry can fix it."""
 
 

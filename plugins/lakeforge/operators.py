@@ -41,7 +41,7 @@ def attach_to_outlets(context: Any, metadata: dict) -> None:
 class LakeSparkSubmitOperator(SparkSubmitOperator):
     """``spark-submit`` of a lakeforge job with the lake's Spark settings and jars filled in at run time.
 
-    With ``layer`` and ``pipeline_name`` set, the published manifest's summary (rows, drops, the
+    With ``layer`` and ``pipeline_name`` set, the published commit's summary (rows, drops, the
     quality report's links) becomes the metadata of the outlet asset events, and is returned (XCom).
     A job that exits with :data:`~lakeforge.stage.run.GATE_FAILED_EXIT` failed its data-quality gate, or
     found a schema or configuration no rerun can fix: the task fails without retries.
@@ -88,13 +88,13 @@ class LakeSparkSubmitOperator(SparkSubmitOperator):
 
 
 def publish_event_metadata(context: Any, layer: str, pipeline_name: str, partition: str) -> dict:
-    """Summarize the partition's published manifest (with a presigned report link), attach it to the
-    task's outlet asset events and return it."""
+    """Summarize the commit that published the partition (with a presigned report link), attach it to
+    the task's outlet asset events and return it."""
     from lakeforge.stage.run import summarize
 
     stage = stage_run(pipeline_name, context, partition)
-    manifest = stage.lake.read_manifest(layer, stage.pipeline.name, stage.partition)  # type: ignore[arg-type]
-    meta = summarize(manifest, stage.lake, presign=True)
+    commit = stage.lake.read_commit(layer, stage.pipeline.name, stage.partition)
+    meta = summarize(commit, stage.lake, presign=True)
     attach_to_outlets(context, meta)
     return meta
 
@@ -132,10 +132,10 @@ def land_events(pipeline_name: str, **context: Any) -> dict:
     options = IngestOptions(force=bool(params.get("force_complete")),
                             accept_retention_loss=bool(params.get("accept_retention_loss")))
     try:
-        manifest = run(stage, options)
+        commit = run(stage, options)
     except RetentionLossError as exc:  # the records are gone: a retry cannot bring them back
         raise AirflowFailException(str(exc)) from exc
-    meta = summarize(manifest, stage.lake)
+    meta = summarize(commit, stage.lake)
     attach_to_outlets(context, meta)
     return meta
 

@@ -1,11 +1,13 @@
-"""Spark sessions and spark-submit arguments that can read and write the lake over ``s3a://``.
+"""Spark sessions and spark-submit arguments that read and write the lake's Iceberg tables.
 
-pyspark 4.1 bundles Hadoop 3.4.2 but not the S3 connector: ``hadoop-aws`` and the AWS SDK bundle
-come from the jar cache (:func:`lakeforge.services.jars.spark_jars`, with Iceberg's), on the class path or as
-``spark.jars`` (:func:`jars_mode`). Non-secret s3a options travel
-as ``spark.hadoop.fs.s3a.*`` configs (:func:`s3a_conf`); credentials never do — they are set at
-run time on the live Hadoop configuration (:func:`spark_session`) or handed to ``spark-submit``
-through its environment (:func:`submit_kwargs`), so they never show on a command line.
+Spark reaches the lake only through the Iceberg catalog (:mod:`lakeforge.catalog`): Iceberg's own
+S3 client (``S3FileIO``, in ``iceberg-aws-bundle``) reads and writes the files, so no Hadoop S3
+connector (``hadoop-aws`` and its 600 MiB SDK bundle, about 13 s of every Spark start) is loaded.
+The jars come from the jar cache (:func:`lakeforge.services.jars.spark_jars`), on the class path or
+as ``spark.jars`` (:func:`jars_mode`). Non-secret catalog settings travel as
+``spark.sql.catalog.*`` configs (:func:`catalog_conf`); secrets never do — they are set at run time
+on the session (:func:`spark_session`) or handed to ``spark-submit`` through its environment
+(:func:`submit_kwargs`), so they never show on a command line.
 """
 
 from __future__ import annotations
@@ -21,46 +23,6 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 DEFAULT_MASTER = "local[2]"
-
-
-def s3a_conf(settings: Settings) -> dict[str, str]:
-    """Non-secret s3a options as ``spark.hadoop.fs.s3a.*`` (plus the output committer choice).
-
-    Args:
-        settings: where the S3 API is (``s3_endpoint``, ``s3_region``); the endpoint is required.
-    """
-    endpoint = settings.require("s3_endpoint")
-    secure = endpoint.lower().startswith("https://")
-    h = "spark.hadoop."
-    return {
-        f"{h}fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
-        f"{h}fs.s3a.endpoint": endpoint,
-        f"{h}fs.s3a.endpoint.region": settings.s3_region,
-        f"{h}fs.s3a.path.style.access": "true",  # SeaweedFS/MinIO: no virtual-host buckets
-        f"{h}fs.s3a.connection.ssl.enabled": str(secure).lower(),
-        # keys come from fs.s3a.access.key/secret.key, set at run time (never in this dict)
-        f"{h}fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
-        # uploads: block-buffered multipart; "disk" keeps the 1g driver heap out of it
-        f"{h}fs.s3a.fast.upload": "true",
-        f"{h}fs.s3a.fast.upload.buffer": "disk",
-        f"{h}fs.s3a.multipart.size": "32M",
-        f"{h}fs.s3a.connection.maximum": "64",
-        f"{h}fs.s3a.threads.max": "16",
-        # durations with units, the form Hadoop 3.5's core-default uses (read by getTimeDuration);
-        # a loopback store answers fast, so fail sooner than the 200s default
-        f"{h}fs.s3a.connection.establish.timeout": "15s",  # hadoop raises anything lower to 15s
-        f"{h}fs.s3a.connection.timeout": "60s",
-        f"{h}fs.s3a.attempts.maximum": "3",
-        f"{h}fs.s3a.retry.limit": "5",
-        f"{h}fs.s3a.retry.interval": "500ms",
-        # Committer: the classic rename-based FileOutputCommitter (v1). It needs no S3Guard and
-        # no spark-hadoop-cloud jar (which the magic/staging committers need for Parquet and
-        # pyspark does not ship); renames are copies, fine at lake partition sizes, and
-        # lakeforge publishes a partition by its manifest anyway, not by the job commit.
-        f"{h}fs.s3a.committer.name": "file",
-        f"{h}mapreduce.fileoutputcommitter.algorithm.version": "1",
-        f"{h}mapreduce.fileoutputcommitter.cleanup-failures.ignored": "true",
-    }
 
 
 def base_conf() -> dict[str, str]:
@@ -84,10 +46,10 @@ def base_conf() -> dict[str, str]:
 
 
 def jars_mode() -> str:
-    """How the s3a jars reach Spark: ``classpath`` (default) or ``jars`` (``$LAKEFORGE_SPARK_JARS_MODE``).
+    """How the Iceberg jars reach Spark: ``classpath`` (default) or ``jars`` (``$LAKEFORGE_SPARK_JARS_MODE``).
 
     ``jars`` (``spark.jars`` / ``--jars``) makes every application copy the jars into its own
-    ``spark-*/userFiles-*`` dir — 659 MiB per app with the AWS SDK bundle, in local mode too.
+    ``spark-*/userFiles-*`` dir (about 130 MiB per app), in local mode too.
     ``classpath`` puts the cached jars on the driver and executor class paths instead: no copy;
     executors on other hosts need the same jar cache path (the Docker image bakes it).
     """
@@ -104,11 +66,11 @@ def _spark_jar_paths() -> list[str]:
 
 
 def spark_session(app_name: str, settings: Settings | None = None, master: str | None = None) -> "SparkSession":
-    """A SparkSession that reads and writes ``s3a://`` with the lake writer identity.
+    """A SparkSession with the lake's Iceberg catalog, as the lake writer identity.
 
-    When this process launches the JVM (plain python, tests), the master, memory and the s3a jars
-    are passed at launch. Under ``spark-submit`` the JVM exists already: its master and jars win
-    and only runtime settings apply. Credentials are set on the live Hadoop configuration.
+    When this process launches the JVM (plain python, tests), the master, memory and the Iceberg
+    jars are passed at launch. Under ``spark-submit`` the JVM exists already: its master and jars win
+    and only runtime settings apply. Secrets are set on the live session.
 
     Args:
         app_name: Spark application name.
@@ -122,7 +84,7 @@ def spark_session(app_name: str, settings: Settings | None = None, master: str |
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    conf = {**base_conf(), **s3a_conf(settings), **catalog_conf(settings)}
+    conf = {**base_conf(), **catalog_conf(settings)}
     builder = SparkSession.builder.appName(app_name)
     jvm_running = SparkContext._active_spark_context is not None or "PYSPARK_GATEWAY_PORT" in os.environ
     if not jvm_running:
@@ -136,22 +98,14 @@ def spark_session(app_name: str, settings: Settings | None = None, master: str |
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    hconf = spark.sparkContext._jsc.hadoopConfiguration()
-    # Runtime, not launch: pyspark passes launch configs to spark-submit as --conf arguments.
-    hconf.set("fs.s3a.access.key", settings.require("s3_access_key_id"))
-    hconf.set("fs.s3a.secret.key", settings.require("s3_secret_access_key"))
     if settings.catalog_uri:
         from lakeforge.catalog import spark_secrets
 
-        # runtime too: the catalog is instantiated on first use and reads its settings then
-        for key, value in spark_secrets(settings).items():
-            spark.conf.set(key, value)
-    if jvm_running:
-        # getOrCreate() ignores spark.hadoop.* on an existing context; apply them here
-        for key, value in conf.items():
-            if key.startswith("spark.hadoop."):
-                hconf.set(key[len("spark.hadoop."):], value)
-            elif key.startswith("spark.sql.catalog."):
+        # Runtime, not launch (pyspark passes launch configs to spark-submit as --conf arguments):
+        # the catalog is instantiated on first use and reads its settings then. On an existing
+        # context getOrCreate() may have kept older catalog settings: set them here too.
+        for key, value in {**conf, **spark_secrets(settings)}.items():
+            if key.startswith("spark.sql.catalog."):
                 spark.conf.set(key, value)
     return spark
 
@@ -172,14 +126,14 @@ def submit_kwargs(settings: Settings | None = None) -> dict[str, Any]:
 
     Call it inside a task (at run time), never at DAG parse time: it reads the S3 settings and
     keys from the environment / supervisor state, and fails loudly when they are missing. The
-    keys go into ``env_vars`` only (the job's :func:`spark_session` sets them on the Hadoop
-    configuration), never into ``conf``, which spark-submit puts on its command line.
+    keys and the catalog's password go into ``env_vars`` only (the job's :func:`spark_session` sets
+    them on the live session's catalog), never into ``conf``, which spark-submit puts on its command line.
 
     Args:
         settings: endpoints and keys; default :meth:`Settings.load`.
     """
     settings = settings or Settings.load()
-    conf = {**base_conf(), **s3a_conf(settings), **catalog_conf(settings)}
+    conf = {**base_conf(), **catalog_conf(settings)}
     env = {
         "LAKEFORGE_HOME": str(settings.home),
         "LAKEFORGE_S3_ENDPOINT": settings.require("s3_endpoint"),

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from lakeforge.config import PIPELINES_DIR, Partition
-from lakeforge.errors import (ConcurrentRunError, ManifestError, PartitionIncompleteError, RetentionLossError,
+from lakeforge.errors import (ConcurrentRunError, LakeError, PartitionIncompleteError, RetentionLossError,
                               SourceUnavailableError, TimestampSkewError)
 from lakeforge.ingest import IngestOptions, run
 from lakeforge.lake import Lake
@@ -209,9 +209,9 @@ def test_kill_9_mid_partition_then_rerun_publishes_exactly_the_truth(services, s
     assert proc.poll() is None, f"ingest finished before it could be killed: {proc.communicate()}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    from lakeforge.errors import ManifestError
+    from lakeforge.errors import LakeError
 
-    with pytest.raises(ManifestError):  # nothing half-published
+    with pytest.raises(LakeError):  # nothing half-published
         lake.read_manifest("raw", name, part)
     m = run(StageRun.create(path, d, settings=settings), IngestOptions(force=True))
     truth = read_truth(tmp_path / "truth.jsonl")
@@ -299,7 +299,7 @@ def test_records_deleted_by_retention_fail_the_landing_unless_the_loss_is_accept
     stage = StageRun.create(path, day(1), settings=settings)
     with pytest.raises(RetentionLossError, match=r"topic-partition 0: offsets \[0, 4\)"):
         run(stage, IngestOptions(force=True))
-    with pytest.raises(ManifestError):
+    with pytest.raises(LakeError):
         Lake(settings).read_manifest("raw", name, stage.partition)  # nothing was published
     m = run(stage, IngestOptions(force=True, accept_retention_loss=True))
     ids = Lake(settings).read_table(m, columns=["id"]).column("id").to_pylist()

@@ -1,5 +1,5 @@
 """Shared fixtures of the unit tests: one small local SparkSession, Arrow-built tiny frames, and a
-lake on local disk (same keys and publish protocol as S3) for round trips of the Spark jobs."""
+lake on local disk (the same Iceberg tables, in a SQLite catalog) for round trips of the Spark jobs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="session")
 def spark():
     """A plain local SparkSession: one core, no UI, 2 shuffle partitions, UTC (no S3 settings; the
-    s3a and Iceberg jars are on its class path, and Iceberg's SQL extensions on, because a JVM's class
+    Iceberg jars are on its class path, and Iceberg's SQL extensions on, because a JVM's class
     path and a session's extensions are fixed at its start)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -73,8 +73,8 @@ def arrow_frame(spark):
 
 
 def make_local_lake(root):
-    """A :class:`lakeforge.lake.LocalLake` rooted in a local directory: same keys and publish
-    protocol, ``file://`` URIs instead of ``s3://``/``s3a://``, no S3 server."""
+    """A :class:`lakeforge.lake.LocalLake` rooted in a local directory: the same Iceberg tables (a
+    SQLite catalog, a ``file://`` warehouse) and object keys, no server."""
     from lakeforge.lake import LocalLake
 
     return LocalLake(root)
@@ -93,35 +93,34 @@ def local_lake(tmp_path):
 
 
 def write_raw(lake, rows, partition="2026-11-23", pipeline="movie_reviews"):
-    """Write raw rows (dicts following the raw contract) as one Parquet file into ``lake`` and publish
-    their manifest; returns the Partition. ``rows=[]`` publishes an empty partition (no files)."""
+    """Commit raw rows (dicts following the raw contract) as one Parquet file to the ``raw`` table of
+    ``lake``, as a landing does; returns the Partition. ``rows=[]`` publishes an empty partition."""
     from datetime import datetime, timezone
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lakeforge.config import Partition
-    from lakeforge.lake import Manifest
+    from lakeforge.config import Partition, PipelineConfig
+    from lakeforge.ingest.records import raw_schema
+    from lakeforge.lake import Commit
 
-    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.int64()),
-                        ("source", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")),
-                        ("kafka_topic", pa.string()), ("kafka_partition", pa.int32()),
-                        ("kafka_offset", pa.int64())])
+    config = PipelineConfig.load(pipeline)
+    schema = raw_schema(config)
     part = Partition.parse(partition)
-    files = []
+    keys = []
     if rows:
-        full = [{"source": "imdb", "event_time": part.start.replace(hour=1),
-                 "kafka_topic": "movie_reviews.events", "kafka_partition": 0, "kafka_offset": i, **r}
+        full = [{"source": "imdb", "event_time": part.start.replace(hour=1), "kafka_topic": "movie_reviews.events",
+                 "kafka_partition": 0, "kafka_offset": i, "kafka_timestamp": part.start.replace(hour=1), **r}
                 for i, r in enumerate(rows)]
-        key = lake.run_key("raw", pipeline, part, "ingest1") + "/part-00000.parquet"
+        key = lake.staging_key(lake.table(config, "raw"), part, "ingest1") + "/part-00000.parquet"
         path = lake.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(full, schema=schema), path)
-        files = [lake.describe_file(lake.uri(key))]
-    lake.publish(Manifest(layer="raw", pipeline=pipeline, partition=part.path,
-                          interval=(part.start, part.end), schema_version=1, run_id="ingest1",
-                          files=files, rows=sum(f.rows for f in files),
-                          created_at=datetime(2026, 11, 24, tzinfo=timezone.utc)))
+        keys = [key]
+    commit = Commit(layer="raw", pipeline=config.name, partition=part.path, interval=(part.start, part.end),
+                    schema_version=1, run_id="ingest1", rows=len(rows),
+                    created_at=datetime(2026, 11, 24, tzinfo=timezone.utc))
+    lake.publish_files(config, commit, keys, started_from=None)
     return part
 
 

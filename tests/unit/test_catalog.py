@@ -58,8 +58,20 @@ def test_spark_settings_keep_secrets_out_of_the_launch_config():
     assert secrets["spark.sql.catalog.lakeforge.s3.secret-access-key"] == "sk-s3cret"
 
 
-def test_the_catalog_needs_postgres_over_tcp():
+def test_the_catalog_needs_postgres_over_tcp_or_a_local_sqlite_file():
     with pytest.raises(ConfigError, match="TCP host"):
         catalog.jdbc_parts("postgresql+psycopg2://u:@/lakeforge_catalog?host=/tmp/sock")
-    with pytest.raises(ConfigError, match="PostgreSQL"):
-        catalog.jdbc_parts("sqlite:///catalog.db")
+    with pytest.raises(ConfigError, match="PostgreSQL.*'mysql"):
+        catalog.jdbc_parts("mysql+pymysql://u:pw@127.0.0.1/lakeforge_catalog")
+    # a LocalLake's catalog: one SQLite file, no user, no password
+    assert catalog.jdbc_parts("sqlite:////tmp/lake/catalog.db") == ("jdbc:sqlite:/tmp/lake/catalog.db", "", "")
+
+
+def test_a_local_warehouse_needs_no_s3_settings():
+    s = Settings(catalog_uri="sqlite:////tmp/lake/catalog.db", catalog_name="local_x",
+                 warehouse="file:///tmp/lake/warehouse")
+    assert not catalog.on_s3(s) and catalog.on_s3(_settings())
+    conf = catalog.spark_conf(s)
+    assert conf["spark.sql.catalog.local_x.warehouse"] == "file:///tmp/lake/warehouse"
+    assert not any(".s3." in k or k.endswith("io-impl") for k in conf)  # Iceberg's default FileIO: local files
+    assert catalog.spark_secrets(s) == {"spark.sql.catalog.local_x.jdbc.password": ""}

@@ -755,9 +755,15 @@ def test_dockerfile_bakes_the_jars() -> None:
     assert any(re.search(r"apt-get install .*openjdk-17-jdk-headless", r) and "maven" in r for r in runs)
     jar_runs = [r for r in runs if "python -m lakeforge.services.jars" in r]
     assert jar_runs, "the image must resolve the jars with `python -m lakeforge.services.jars`"
-    assert "hadoop-aws" in jar_runs[0] and "bundle" in jar_runs[0], "check that hadoop-aws and its SDK bundle came out"
+    assert "iceberg-spark-runtime" in jar_runs[0] and "iceberg-aws-bundle" in jar_runs[0], (
+        "check that Iceberg's Spark runtime and its S3FileIO bundle came out")
+    assert not any("hadoop-aws" in r or "/s3a/" in r for r in runs), "Spark loads no Hadoop S3 connector any more"
     assert (REPO / "plugins" / "lakeforge" / "services" / "jars.py").is_file()
-    assert (REPO / "jvm" / "s3a" / "pom.xml").is_file(), "jvm/s3a/pom.xml (hadoop-aws) missing"
+    pom = REPO / "jvm" / "iceberg" / "pom.xml"
+    assert pom.is_file(), "jvm/iceberg/pom.xml (Iceberg's Spark runtime, S3FileIO, catalog drivers) missing"
+    for artifact in ("iceberg-spark-runtime", "iceberg-aws-bundle", "<artifactId>postgresql<", "sqlite-jdbc"):
+        assert artifact in pom.read_text(), f"jvm/iceberg/pom.xml lacks {artifact}"
+    assert not (REPO / "jvm" / "s3a").exists(), "jvm/s3a (hadoop-aws) is gone: nothing may resolve it"
 
 
 def test_dockerfile_environment_and_user() -> None:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lakeforge.config import REPO_ROOT, PipelineConfig, all_pipelines
+from lakeforge.config import REPO_ROOT, PipelineConfig, Settings, all_pipelines
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,12 @@ def test_one_dag_per_pipeline(dagbag, pipeline):
     assert dag.get_task("late_partitions").upstream_task_ids == {"land_events"}
     assert dag.get_task("reland_late").upstream_task_ids == {"late_partitions"}
     assert dag.get_task("reland_late").downstream_task_ids == set()
+    # each stage's outlet is its layer's Iceberg table (the catalog name read at parse time, no secret)
+    catalog = Settings.configured_catalog_name()
+    for task_id, layer in {"land_events": "raw", "curate_partition": "curated", "build_features": "features"}.items():
+        if task_id in order:
+            (asset,) = dag.get_task(task_id).outlets
+            assert (asset.name, asset.uri) == (f"{pipeline}.{layer}", f"iceberg://{catalog}/{pipeline}/{layer}")
     sensor = dag.get_task("wait_for_partition")
     assert sensor.mode == "reschedule" and sensor.timeout > 0
     if "train" in PipelineConfig.load(pipeline).stages:

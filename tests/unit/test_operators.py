@@ -7,12 +7,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from lakeforge import operators
-from lakeforge.config import Partition
+from lakeforge.config import Partition, PipelineConfig
 from lakeforge.errors import ConfigError
-from lakeforge.lake import Manifest
+from lakeforge.lake import Commit
 from lakeforge.stage.run import GATE_FAILED_EXIT, StageRun
 
 DAY = Partition.parse("2026-11-23")
@@ -57,10 +59,23 @@ def test_a_manual_run_without_a_partition_fails_naming_the_param():
         operators.stage_run("movie_reviews", context(None, when, when))
 
 
-def manifest(layer="raw", **stats):
-    return Manifest(layer=layer, pipeline="movie_reviews", partition=DAY.path, interval=(DAY.start, DAY.end),
-                    schema_version=1, run_id="manual__2026-11-24T08_00_00_00_00", files=[], rows=3,
-                    quarantined={"malformed_json": 1}, stats=stats)
+def commit(layer="raw", **stats):
+    return Commit(layer=layer, pipeline="movie_reviews", partition=DAY.path, interval=(DAY.start, DAY.end),
+                  schema_version=1, run_id="manual__2026-11-24T08_00_00_00_00", rows=3,
+                  quarantined={"malformed_json": 1}, stats=stats)
+
+
+def publish_curated(lake, **stats) -> Commit:
+    """Publish 3 curated rows for DAY to ``lake`` (one Parquet file, one commit carrying ``stats``)."""
+    pipeline = PipelineConfig.load("movie_reviews")
+    table = lake.table(pipeline, "curated")
+    when = DAY.start.replace(hour=1)
+    rows = [{"id": f"e{i}", "text": f"review {i}", "label": 1, "source": "imdb", "event_time": when,
+             "text_hash": f"h{i}", "cluster_id": f"h{i}"} for i in range(3)]
+    key = lake.staging_key(table, DAY, "c1") + "/part-00000.parquet"
+    (lake.root / key).parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema().as_arrow()), lake.root / key)
+    return lake.publish_files(pipeline, commit("curated", **stats), [key], started_from=None)
 
 
 def test_land_events_hands_one_stage_run_to_ingest_and_publishes_its_summary(monkeypatch, partition_parses, on_local_lake):
@@ -70,7 +85,7 @@ def test_land_events_hands_one_stage_run_to_ingest_and_publishes_its_summary(mon
 
     def fake_run(stage, options):
         seen["stage"], seen["options"] = stage, options
-        return manifest(late_partitions={"dt=2026-11-20": 2})
+        return commit(late_partitions={"dt=2026-11-20": 2})
 
     monkeypatch.setattr(ingest, "run", fake_run)
     ctx = context("2026-11-23", force_complete=True)
@@ -82,11 +97,12 @@ def test_land_events_hands_one_stage_run_to_ingest_and_publishes_its_summary(mon
     assert operators.late_partitions.function(out) == [{"partition": "dt=2026-11-20", "force_complete": True}]
 
 
-def test_event_metadata_summarizes_the_published_manifest(on_local_lake):
+def test_event_metadata_summarizes_the_published_commit(on_local_lake):
     report = {"json": on_local_lake.uri("reports/q.json"), "html": on_local_lake.uri("reports/q.html")}
-    on_local_lake.publish(manifest("curated", report=report, rows_per_split={"train": 3}))
+    published = publish_curated(on_local_lake, report=report, rows_per_split={"train": 3})
     ctx = context(None)
     meta = operators.publish_event_metadata(ctx, "curated", "movie_reviews", "dt=2026-11-23")
+    assert (meta["table"], meta["snapshot_id"]) == ("movie_reviews.curated", published.snapshot_id)
     assert meta["rows"] == 3 and meta["rows_per_split"] == {"train": 3} and meta["report_url"] == report["html"]
     assert ctx["outlet_events"]["movie_reviews.raw"].extra == meta
 
@@ -136,7 +152,7 @@ def test_records_lost_to_retention_fail_the_landing_without_retries(monkeypatch,
         seen.append(options.accept_retention_loss)
         if not options.accept_retention_loss:
             raise RetentionLossError("offsets [0, 7) deleted")
-        return manifest()
+        return commit()
 
     monkeypatch.setattr(ingest, "run", fake_run)
     with pytest.raises(AirflowFailException, match=r"offsets \[0, 7\) deleted"):

@@ -14,18 +14,18 @@ step kinds and the runner are the shared framework of :mod:`lakeforge.stage`. Th
 * :mod:`~lakeforge.curate.dedup` — ``exact_dedup``, ``near_dedup`` (MinHash, banding, verified
   pairs, connected components), within and across partitions;
 * :mod:`~lakeforge.curate.minhash` — MinHash signatures, LSH bands, exact Jaccard of pairs (numpy);
-* :mod:`~lakeforge.curate.index` — the dedup index of the other partitions (segments published with
-  each partition's manifest);
+* :mod:`~lakeforge.curate.index` — the dedup index of the other partitions (the ``dedup_index``
+  table, published with each curated partition);
 * :mod:`~lakeforge.curate.gates` — the data-quality gate (``quality_gate`` in the YAML);
 * :mod:`~lakeforge.curate.report` — the JSON + HTML quality report;
 * :mod:`~lakeforge.curate.job` — :func:`run`, what ``spark-submit jobs/curate.py`` calls.
 
-Data contracts
-    raw:      id, text, label, source, event_time, kafka_topic, kafka_partition, kafka_offset
+Data contracts (Iceberg tables ``<pipeline>.<layer>``)
+    raw:      the YAML's fields, kafka_topic, kafka_partition, kafka_offset, kafka_timestamp
     curated:  id, text (cleaned), label, source, event_time, text_hash (sha256 hex of the lowercased,
               whitespace-normalized text), cluster_id (near-duplicate cluster: its representative's
               text_hash; a row without near-duplicates is its own), sorted by id within each file.
-    excluded: every dropped row with its reason (``run=<id>/_excluded/``, listed in the manifest).
+    excluded: every dropped row with its reason (``<pipeline>.excluded``).
 """
 
 from lakeforge.curate.clean import HtmlToText, Lowercaser, UnicodeNormalizer, WhitespaceNormalizer

@@ -173,7 +173,7 @@ class PriorIndex:
     exact: "DataFrame | None"  # text_hash, p_id, p_cluster, p_partition
     bands: "DataFrame | None"  # band, bucket, p_id, p_cluster, p_partition
     texts: Callable[[list[str]], "DataFrame"]
-    versions: dict[str, str]  # partition path -> run id of the manifest read
+    versions: dict[str, str]  # partition path -> run id of the curated commit read
     rows: int  # rows over all segments
 
 

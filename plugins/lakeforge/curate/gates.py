@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from lakeforge.config import PipelineConfig, QualityGateSpec
 from lakeforge.errors import ConfigError, DataQualityError
-from lakeforge.lake import Manifest
+from lakeforge.lake import Commit
 
 #: Spark SQL types a raw column may have for each logical field type of the pipeline schema.
 FIELD_TYPES = {"string": {"string"}, "int": {"bigint", "int", "smallint", "tinyint"},
@@ -49,14 +49,14 @@ def _pct(x: float) -> str:
 
 
 def evaluate(spec: QualityGateSpec, *, rows_in: int, rows_out: int, counts: Mapping[str, int],
-             raw: Manifest | None = None, pipeline: PipelineConfig | None = None,
+             raw: Commit | None = None, pipeline: PipelineConfig | None = None,
              raw_types: Mapping[str, str] | None = None) -> list[GateCheck]:
     """Every check of the gate, passed or not.
 
     Args:
         rows_in / rows_out: rows before and after the chain.
         counts: dropped rows per reason.
-        raw: the raw manifest (quarantine counts, schema version); None skips those checks.
+        raw: the raw commit (quarantine counts, schema version); None skips those checks.
         pipeline: the pipeline (its declared fields and schema version) for the schema check.
         raw_types: column -> Spark SQL type of the raw partition's files.
     """

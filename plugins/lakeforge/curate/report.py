@@ -1,7 +1,7 @@
 """The quality report of one curate run: a JSON document and an HTML page with charts.
 
 Written to ``reports/<pipeline>/dt=…/run=<run_id>/quality.{json,html}`` (also when the gate
-fails, so the failure can be read), linked from the curated manifest (``stats["report"]``), the
+fails, so the failure can be read), linked from the curated commit (``stats["report"]``), the
 Airflow asset event and the MLflow run that trains on the partition. The page is one
 self-contained file (inline SVG, no scripts, no external assets): it opens from S3, an MLflow
 artifact view or a laptop alike.

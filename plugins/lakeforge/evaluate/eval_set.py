@@ -16,11 +16,11 @@ EVAL_SPLIT = "test"
 
 
 def eval_table(stage: StageRun) -> "pa.Table":
-    """``text`` and ``label`` of the published features partition's test rows (exactly the files its
-    manifest lists)."""
+    """``text`` and ``label`` of the published features partition's test rows (at the snapshot of the
+    commit that published it)."""
     import pyarrow.compute as pc
 
     lake = stage.lake
-    table = lake.read_table(lake.read_manifest("features", stage.pipeline.name, stage.partition),
+    table = lake.read_table(lake.read_commit("features", stage.pipeline.name, stage.partition),
                             columns=["text", "label", "split"])
     return table.filter(pc.equal(table["split"], EVAL_SPLIT)).drop_columns(["split"])

@@ -7,10 +7,11 @@ pipeline's ``max_length`` and truncation side; :mod:`~lakeforge.features.tokens`
 near-duplicates is its own cluster), split by cluster (:mod:`~lakeforge.features.split`).
 
 Labels are indices into the pipeline's ``labels`` (curate mapped names to them); a null label or one
-outside the label space is dropped with reason ``unknown_label`` and counted in the manifest. The
-pipeline's extra fields follow the features columns. Files are
-zstd Parquet in row groups a streaming reader can take one at a time; token statistics go into the
-manifest.
+outside the label space is dropped with reason ``unknown_label`` and counted in the commit. The
+pipeline's extra fields follow the features columns. The partition is published as one commit to the
+``<pipeline>.features`` Iceberg table, whose zstd Parquet files have 16 MiB row groups a streaming
+reader can take one at a time (:data:`lakeforge.catalog.LAYER_PROPERTIES`); token statistics go into
+the commit.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from lakeforge.errors import ConfigError
 from lakeforge.features.split import _split_bounds, assign_split, split_stats
 from lakeforge.features.tokens import TokenizerSpec, token_stats, tokenize_function
-from lakeforge.lake import Manifest
+from lakeforge.lake import Commit
 from lakeforge.stage import schema
 from lakeforge.stage.chain import ChainResult, run_steps
 from lakeforge.stage.run import StageRun
-from lakeforge.stage.spark_io import (SparkStageOptions, check_rows_read, publish_frame, read_manifest_frame,
-                                      stage_session)
+from lakeforge.stage.spark_io import SparkStageOptions, check_rows_read, publish_frame, read_partition, stage_session
 from lakeforge.stage.steps import HASH, RowFilter
 
 if TYPE_CHECKING:
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 #: The features columns every pipeline has, in order; its extra fields follow them.
 FEATURES_COLUMNS = ("id", "text", "label", "split", "input_ids", "num_tokens", "cluster_id")
-#: Parquet row-group size of the features files: a streaming reader's unit of work.
-ROW_GROUP_BYTES = 16 << 20
 
 
 class LabelRangeFilter(RowFilter):
@@ -74,9 +72,10 @@ def features_frame(df: "DataFrame", labels: Sequence[str], ratios: Mapping[str, 
         ratios: split -> share (the pipeline's ``split``).
         tokenizer: how to tokenize; None leaves ``input_ids`` empty and ``num_tokens`` 0 (tests).
         extras: ``(name, Spark type)`` of the pipeline's extra fields, kept after the features columns.
-        samples_per_reason: dropped rows kept per reason for the manifest.
+        samples_per_reason: dropped rows kept per reason for the commit.
     Returns:
-        a result whose ``kept`` has :data:`FEATURES_COLUMNS`, the extras and ``_truncated`` (persisted).
+        a result whose ``kept`` has :data:`FEATURES_COLUMNS`, the extras, ``event_time`` (the features
+        table's partition column) and ``_truncated`` (persisted).
     """
     from pyspark.sql import functions as F
 
@@ -89,15 +88,16 @@ def features_frame(df: "DataFrame", labels: Sequence[str], ratios: Mapping[str, 
     rows = assign_split(result.kept, ratios).select(
         F.col("id").cast("string"), F.col("text").cast("string"), F.col("label").cast("bigint"), F.col("split"),
         F.col("cluster_id").cast("string"),
-        *((F.col(name) if name in df.columns else F.lit(None)).cast(kind).alias(name) for name, kind in extras))
+        *((F.col(name) if name in df.columns else F.lit(None)).cast(kind).alias(name) for name, kind in extras),
+        (F.col("event_time") if "event_time" in df.columns else F.lit(None)).cast("timestamp").alias("event_time"))
     if tokenizer is not None:
         rows = rows.mapInArrow(tokenize_function(tokenizer),
                                "id string, text string, label bigint, split string, cluster_id string" + extra_ddl +
-                               ", input_ids array<int>, num_tokens int, _truncated boolean")
+                               ", event_time timestamp, input_ids array<int>, num_tokens int, _truncated boolean")
     else:
         rows = rows.withColumns({"input_ids": F.array().cast("array<int>"), "num_tokens": F.lit(0),
                                  "_truncated": F.lit(False)})
-    rows = rows.select(*FEATURES_COLUMNS, *(name for name, _ in extras), "_truncated").persist()
+    rows = rows.select(*FEATURES_COLUMNS, *(name for name, _ in extras), "event_time", "_truncated").persist()
     rows.count()  # materialize before dropping the cache it is computed from
     result.release()
     result.kept = rows
@@ -105,7 +105,7 @@ def features_frame(df: "DataFrame", labels: Sequence[str], ratios: Mapping[str, 
 
 
 def run(stage: StageRun, options: SparkStageOptions | None = None, *,
-        spark: "SparkSession | None" = None) -> Manifest:
+        spark: "SparkSession | None" = None) -> Commit:
     """Build features for the run's curated partition and publish them as ``features``.
 
     Args:
@@ -116,16 +116,16 @@ def run(stage: StageRun, options: SparkStageOptions | None = None, *,
     options = options or SparkStageOptions()
     pipeline, partition, lake = stage.pipeline, stage.partition, stage.lake
     labels = pipeline.model.labels
-    curated_manifest, curated_ref = lake.read_input("curated", pipeline.name, partition)
-    inputs = [curated_ref]
+    curated_commit = lake.read_commit("curated", pipeline.name, partition)
+    started_from = lake.snapshot_id(pipeline.name, "features")
+    inputs = [curated_commit.ref]
     spark = spark or stage_session(stage, "features", options)
 
     tokenizer = TokenizerSpec.of(pipeline)
-    curated = read_manifest_frame(spark, lake, curated_manifest, schema.curated_required(pipeline),
-                                  schema.curated_ddl(pipeline))
+    curated = read_partition(spark, stage, curated_commit, schema.curated_required(pipeline))
     result = features_frame(curated, labels, pipeline.split, tokenizer=tokenizer,
                             extras=schema.extra_columns(pipeline), samples_per_reason=options.samples_per_reason)
-    check_rows_read(curated_manifest, result.rows_in)
+    check_rows_read(curated_commit, result.rows_in)
     from pyspark.sql import functions as F
 
     clusters = result.kept.groupBy("cluster_id").count()
@@ -141,13 +141,13 @@ def run(stage: StageRun, options: SparkStageOptions | None = None, *,
         "tokens": token_stats(result.kept, tokenizer),
         "dropped_samples": result.dropped_samples,
     }
-    if "report" in curated_manifest.stats:  # the quality report travels on to the trainer
-        stats["curate_report"] = curated_manifest.stats["report"]
+    if "report" in curated_commit.stats:  # the quality report travels on to the trainer
+        stats["curate_report"] = curated_commit.stats["report"]
     log.info("features %s: %d rows, per split %s, dropped %s", stage.where,
              result.rows_out, stats["rows_per_split"], result.counts_by_reason)
     try:
         return publish_frame(stage, result.kept.drop("_truncated"), result.rows_out, layer="features",
-                             rows_per_file=options.rows_per_file, inputs=inputs, dropped=result.counts_by_reason,
-                             stats=stats, row_group_bytes=ROW_GROUP_BYTES)
+                             rows_per_file=options.rows_per_file, started_from=started_from, inputs=inputs,
+                             dropped=result.counts_by_reason, stats=stats)
     finally:
         result.release()

@@ -1,4 +1,4 @@
-"""Ingest: land one event-time partition of a Kafka topic into the lake as Parquet + manifest.
+"""Ingest: land one event-time partition of a Kafka topic into the lake's ``raw`` Iceberg table.
 
 Partition semantics. A (lake) partition is the event-time interval ``[start, end)`` of an Airflow
 data interval (or of the ``partition`` Param). A record belongs to it by its event time: the JSON
@@ -24,12 +24,16 @@ timestamp (``time_source: kafka_timestamp``). The topic's own partitions are alw
    ``IngestOptions(accept_retention_loss=True)``, which records it (``stats.retention_loss``);
 5. reads every record from the start to the snapshot, all topic-partitions at once (librdkafka
    fetches them in parallel), each in offset order. A record whose event time falls in the interval
-   lands in ``raw/``; one that cannot be parsed or violates the schema goes to ``quarantine/``
+   lands in ``<pipeline>.raw``; one that cannot be parsed or violates the schema goes to
+   ``<pipeline>.quarantine``
    (assigned by its Kafka timestamp) with its raw bytes, coordinates and a snake_case reason;
    others belong to other partitions;
-6. streams both as Parquet, encoded and uploaded by background threads while the main thread
-   consumes; then publishes the manifest last (offset ranges, row counts, checksums, quarantine
-   counts per reason, per-topic-partition volume and lag) and exports Prometheus metrics.
+6. streams both as Parquet into the tables' data locations, encoded and uploaded by background
+   threads while the main thread consumes; then commits the quarantine partition and, last, the raw
+   partition: one Iceberg commit each that replaces exactly that partition, its snapshot summary
+   carrying the offset ranges per topic-partition, row counts, quarantine counts per reason and
+   per-topic-partition volume and lag (a crash before it leaves the table as it was: the written
+   files are orphans that maintenance removes); and exports Prometheus metrics.
 
 Memory is bounded by the batch, row-group and file sizes, not by the partition: librdkafka's
 prefetch buffer per topic-partition, one pending row group and one open file per topic-partition
@@ -38,8 +42,8 @@ and stream, and at most two row groups waiting for the writer.
 Late records. A record of an already published partition that reaches Kafka after that
 partition's snapshot is *late*. It is never lost: any run that reads it (the run of the
 partition covering its arrival) reports ``late_partitions`` (partition -> count), the DAG
-re-lands those partitions (a triggered run with the ``partition`` Param), and the re-landed
-manifest counts the rows that were not in the previous one (``stats.late_rows``). Re-landing
+re-lands those partitions (a triggered run with the ``partition`` Param), and the re-landing's
+commit counts the rows that were not in the previous one (``stats.late_rows``). Re-landing
 replaces the partition whole, so every record still appears in exactly one published partition.
 
 Modules:

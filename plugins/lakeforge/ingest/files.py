@@ -3,8 +3,9 @@
 Both the raw rows and the quarantined records are streamed as Parquet (zstd, row groups cut at
 ``row_group_rows`` rows or ``row_group_bytes`` value bytes, files at ``rows_per_file`` rows or
 ``file_bytes`` bytes, one file sequence per topic-partition, so the same offsets always make the
-same bytes), encoded and uploaded by background threads while the main thread consumes, with
-sha256 and size computed on the way.
+same bytes), encoded and uploaded by background threads while the main thread consumes. The files
+go under the table's data location; the landing then commits them to the table in one Iceberg
+commit (:meth:`lakeforge.lake.Lake.publish_files`).
 
 Memory is bounded by the row-group and file sizes, not by the partition: one pending row group and
 one open file per topic-partition and stream, and at most two row groups waiting for the writer.
@@ -16,14 +17,23 @@ one open file per topic-partition and stream, and at most two row groups waiting
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from lakeforge.config import IngestSpec
-from lakeforge.lake import FileEntry, Lake
+from lakeforge.lake import Lake
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One Parquet file a stream wrote."""
+
+    key: str  # key in the lake
+    size: int  # bytes
+    rows: int
 
 
 class BoundedExecutor:
@@ -87,8 +97,8 @@ class ParquetFileStream:
     they arrived, so a rerun over the same offsets writes the same bytes. Files are named
     ``part-<topic-partition>-<n>.parquet``.
 
-    A file is encoded into memory and uploaded whole when it closes, its sha256 computed on the way:
-    the writer thread then runs C++ only (Parquet, zstd, hashlib and the S3 upload release the GIL).
+    A file is encoded into memory and uploaded whole when it closes: the writer thread then runs C++
+    only (Parquet, zstd and the S3 upload release the GIL).
     A Python file object as the Parquet sink made every page write wait for the GIL, which the
     consuming thread holds: the writer was 1.5x slower that way.
 
@@ -174,8 +184,7 @@ class ParquetFileStream:
         self._pq.close()
         data = self._buffer.getvalue()
         key = f"{self.prefix}/part-{self.tp:05d}-{len(self.files):05d}.parquet"
-        self.files.append(FileEntry(path=self.lake.uri(key), size=data.size,
-                                    sha256=hashlib.sha256(memoryview(data)).hexdigest(), rows=self._written))
+        self.files.append(FileEntry(key=key, size=data.size, rows=self._written))
         self._pq = self._buffer = None
         self.writer.upload(self._upload, key, data)
 

@@ -1,8 +1,8 @@
 """The landing of one lake partition: :func:`run`, the ingest stage's entry point.
 
 :func:`run` takes the partition's lock, snapshots the topic, checks completeness, reads every Kafka
-topic-partition from its start offset to the snapshot, routes each record and publishes the
-manifest last (the steps, and what late records are, are in the :mod:`lakeforge.ingest` overview).
+topic-partition from its start offset to the snapshot, routes each record and commits
+the quarantine and then the raw partition to their Iceberg tables last (the steps, and what late records are, are in the :mod:`lakeforge.ingest` overview).
 
 * :class:`IngestOptions` — how to land, beyond what the :class:`~lakeforge.stage.run.StageRun` says;
 * :class:`Landing` — what every topic-partition's landing shares: the lake partition and its
@@ -28,13 +28,14 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from lakeforge.config import Partition, PipelineConfig
-from lakeforge.errors import ManifestError, PartitionIncompleteError, RetentionLossError, TimestampSkewError
+from lakeforge.errors import (LakeError, PartitionIncompleteError, PartitionNotPublishedError, RetentionLossError,
+                               TimestampSkewError)
 from lakeforge.ingest.files import BackgroundWriter, ParquetFileStream
 from lakeforge.ingest.kafka import (completeness, explain_completeness, offsets_at, open_consumer,
                                     read_topic_partitions, retention_gaps, snapshot)
 from lakeforge.ingest.metrics import export_metrics
 from lakeforge.ingest.records import QUARANTINE_SCHEMA, BatchParser, raw_schema
-from lakeforge.lake import Lake, Manifest
+from lakeforge.lake import Commit, Lake
 
 if TYPE_CHECKING:
     from lakeforge.stage.run import StageRun
@@ -54,7 +55,7 @@ class IngestOptions(BaseModel):
 
 @dataclass
 class TopicPartitionStats:
-    """The figures of one Kafka topic-partition in a landing (the manifest's ``stats.topic_partitions``)."""
+    """The figures of one Kafka topic-partition in a landing (the commit's ``stats.topic_partitions``)."""
 
     first: int  # first offset read
     end: int  # end offset (exclusive): the snapshot's high watermark
@@ -74,7 +75,7 @@ class LateRecordTracker:
 
     lake: Lake
     pipeline: PipelineConfig
-    manifests: dict[str, Manifest | None] = field(default_factory=dict)  # partition path -> raw manifest (None: not landed)
+    commits: dict[str, Commit | None] = field(default_factory=dict)  # partition path -> raw commit (None: not landed)
     late: dict[str, int] = field(default_factory=dict)  # partition path -> late records seen
 
     def see(self, tp: int, times: pa.Array, offsets: pa.Array) -> None:
@@ -87,13 +88,13 @@ class LateRecordTracker:
         buckets = pc.floor_temporal(times, unit=unit)
         for bucket in pc.unique(buckets).to_pylist():
             partition = Partition.containing(bucket, self.pipeline.partition)
-            if partition.path not in self.manifests:
+            if partition.path not in self.commits:
                 try:
-                    self.manifests[partition.path] = self.lake.read_manifest("raw", self.pipeline.name, partition)
-                except ManifestError:  # not landed yet: it will read these records itself
-                    self.manifests[partition.path] = None
-            manifest = self.manifests[partition.path]
-            rng = manifest and manifest.kafka_offsets.get(self.pipeline.topic, {}).get(str(tp))
+                    self.commits[partition.path] = self.lake.read_commit("raw", self.pipeline.name, partition)
+                except PartitionNotPublishedError:  # not landed yet: it will read these records itself
+                    self.commits[partition.path] = None
+            commit = self.commits[partition.path]
+            rng = commit and commit.kafka_offsets.get(self.pipeline.topic, {}).get(str(tp))
             if rng:
                 here = pc.filter(offsets, pc.equal(buckets, pa.scalar(bucket, buckets.type)))
                 n = pc.sum(pc.greater_equal(here, rng[1])).as_py() or 0
@@ -130,7 +131,7 @@ class TopicPartitionLanding:
         idx = pa.array(batch.index, pa.int64())
         ts = pc.take(pa.array(stamps, pa.int64()), idx)
         offs = pc.take(pa.array(offsets, pa.int64()), idx)
-        kafka_ts = ts.cast(pa.timestamp("ms", tz="UTC"))
+        kafka_ts = ts.cast(pa.timestamp("ms", tz="UTC")).cast(pa.timestamp("us", tz="UTC"))
         if landing.by_field:
             t = batch.table[landing.tfield].combine_chunks()
             # how far each record's Kafka stamp precedes its event time: the start-offset hint is safe
@@ -191,7 +192,9 @@ class TopicPartitionLanding:
             pa.array([rej.detail for _, rej in rows], pa.string()),
             pa.array([landing.topic] * n, pa.string()), pa.array([self.tp] * n, pa.int32()),
             pa.array([offsets[i] for i, _ in rows], pa.int64()),
-            pa.array([stamps[i] for i, _ in rows], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            pa.array([stamps[i] for i, _ in rows], pa.int64()).cast(pa.timestamp("ms", tz="UTC")).cast(
+                pa.timestamp("us", tz="UTC")),
+            pa.array([landing.partition.start] * n, pa.timestamp("us", tz="UTC")),
         ], schema=QUARANTINE_SCHEMA), np.fromiter(map(len, raw), np.int64, count=n))
 
     def close(self) -> None:
@@ -202,7 +205,7 @@ class TopicPartitionLanding:
 class Landing:
     """One landing of one lake partition: what every topic-partition's landing shares."""
 
-    def __init__(self, stage: StageRun, previous: Manifest | None):
+    def __init__(self, stage: StageRun, previous: Commit | None):
         pipeline, partition, lake = stage.pipeline, stage.partition, stage.lake
         self.pipeline, self.partition, self.lake = pipeline, partition, lake
         self.spec = pipeline.ingest
@@ -212,14 +215,15 @@ class Landing:
         self.start_ms = int(partition.start.timestamp() * 1000)
         self.end_ms = int(partition.end.timestamp() * 1000)
         self.skew_ms = self.spec.max_timestamp_skew_s * 1000
-        self.previous = previous  # the lake partition's published raw manifest, if any
+        self.previous = previous  # the commit that published the lake partition's raw rows, if any
         # topic-partition -> [first, end] offsets of the previous landing
         self.previous_offsets = previous.kafka_offsets.get(self.topic, {}) if previous else {}
         self.parser = BatchParser(pipeline, self.spec.max_record_bytes)
         self.schema = raw_schema(pipeline)
         self.plain = {pipeline.id_field} | {f.name for f in pipeline.fields if f.type == "string" and f.max_bytes}
-        self.data_prefix = lake.run_key("raw", pipeline.name, partition, stage.run_id)
-        self.quarantine_prefix = lake.run_key("quarantine", pipeline.name, partition, stage.run_id)
+        # where this attempt's files go before the commit: the tables' data locations
+        self.data_prefix = lake.staging_key(lake.table(pipeline, "raw"), partition, stage.run_id)
+        self.quarantine_prefix = lake.staging_key(lake.table(pipeline, "quarantine"), partition, stage.run_id)
         self.writer = BackgroundWriter()
         self.late = LateRecordTracker(lake, pipeline)
         self.quarantined: dict[str, int] = {}  # quarantine reason -> records
@@ -247,32 +251,36 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def lock_name(stage: StageRun) -> str:
+    """The lock a landing holds (:func:`lakeforge.locks.partition_lock`): one landing per raw partition."""
+    return f"{stage.pipeline.name}.raw/{stage.partition.path}"
+
+
 def run(stage: StageRun, options: IngestOptions | None = None,
-        progress: Callable[[str], None] | None = None) -> Manifest:
-    """Land the stage's partition from Kafka into ``stage.lake``; return the published manifest.
+        progress: Callable[[str], None] | None = None) -> Commit:
+    """Land the stage's partition from Kafka into ``stage.lake``; return the raw table's commit.
 
     Args:
-        stage: the pipeline, the lake partition, the run id (a retry of the same Airflow run writes
-            under the same prefix), the settings (Kafka, the PostgreSQL lock, the metrics dir) and
-            the lake.
+        stage: the pipeline, the lake partition, the run id (named in the commits), the settings
+            (Kafka, the PostgreSQL lock, the metrics dir) and the lake.
         options: force, poll and stall timeouts; default :class:`IngestOptions`.
         progress: called with a line of progress every 10 s and at the end; default: the log.
     """
     from lakeforge.locks import partition_lock
 
     options = options or IngestOptions()
-    key = stage.lake.partition_key("raw", stage.pipeline.name, stage.partition)
-    with partition_lock(stage.settings, key, stage.run_id):
+    with partition_lock(stage.settings, lock_name(stage), stage.run_id):
         return _land(stage, options, progress or (lambda s: log.info("%s", s)))
 
 
-def _land(stage: StageRun, options: IngestOptions, progress: Callable[[str], None]) -> Manifest:
+def _land(stage: StageRun, options: IngestOptions, progress: Callable[[str], None]) -> Commit:
     pipeline, partition, lake = stage.pipeline, stage.partition, stage.lake
     spec = pipeline.ingest
     t0 = time.monotonic()
+    started = {layer: lake.snapshot_id(pipeline.name, layer) for layer in ("raw", "quarantine")}
     try:
-        previous = lake.read_manifest("raw", pipeline.name, partition)
-    except ManifestError:  # first landing of this partition
+        previous = lake.read_commit("raw", pipeline.name, partition)
+    except PartitionNotPublishedError:  # first landing of this partition
         previous = None
     landing = Landing(stage, previous)
     topic = pipeline.topic
@@ -327,13 +335,20 @@ def _land(stage: StageRun, options: IngestOptions, progress: Callable[[str], Non
     files = [f for _, tp_landing in by_tp for f in tp_landing.data.files]
     quarantine_files = [f for _, tp_landing in by_tp for f in tp_landing.quarantine.files]
     landed = sum(tp_landing.stats.landed for _, tp_landing in by_tp)
+    if sum(f.rows for f in files) != landed:  # internal invariant
+        raise LakeError(f"{partition.path}: files hold {sum(f.rows for f in files)} rows, landed {landed}; "
+                        "not publishing")
     seconds = round(time.monotonic() - t0, 2)
-    manifest = Manifest(
+    kafka_offsets = {topic: {str(tp): [tp_landing.stats.first, tp_landing.stats.end] for tp, tp_landing in by_tp}}
+    quarantined = dict(sorted(landing.quarantined.items()))
+    quarantine = lake.publish_files(pipeline, Commit(
+        layer="quarantine", pipeline=pipeline.name, partition=partition.path, interval=(partition.start, partition.end),
+        schema_version=pipeline.schema_version, run_id=stage.run_id, rows=sum(f.rows for f in quarantine_files),
+        kafka_offsets=kafka_offsets, quarantined=quarantined), [f.key for f in quarantine_files], started["quarantine"])
+    commit = lake.publish_files(pipeline, Commit(
         layer="raw", pipeline=pipeline.name, partition=partition.path, interval=(partition.start, partition.end),
-        schema_version=pipeline.schema_version, run_id=stage.run_id, files=files, rows=sum(f.rows for f in files),
-        kafka_offsets={topic: {str(tp): [tp_landing.stats.first, tp_landing.stats.end]
-                             for tp, tp_landing in by_tp}},
-        quarantined=dict(sorted(landing.quarantined.items())), quarantine_files=quarantine_files,
+        schema_version=pipeline.schema_version, run_id=stage.run_id, rows=landed, kafka_offsets=kafka_offsets,
+        quarantined=quarantined,
         stats={"records_scanned": scanned, "records_scanned_outside_interval": landing.outside, "seconds": seconds,
                "msgs_per_s": round(scanned / max(seconds, 1e-9)), "forced": options.force,
                "time_source": spec.time_source, "max_timestamp_lead_s": round(landing.max_lead_ms / 1000, 3),
@@ -342,15 +357,13 @@ def _land(stage: StageRun, options: IngestOptions, progress: Callable[[str], Non
                "retention_loss_offsets": sum(lost.values()),
                "late_rows": landing.late_rows if previous else 0,
                "late_partitions": dict(sorted(landing.late.late.items())),
+               "quarantine_snapshot_id": quarantine.snapshot_id,
                "topic_partitions": {str(tp): tp_landing.stats.as_dict(high_now.get(tp, tp_landing.stats.end))
                                     for tp, tp_landing in by_tp}},
-    )
-    if manifest.rows != landed:  # internal invariant
-        raise ManifestError(f"{partition.path}: files hold {manifest.rows} rows, landed {landed}; not publishing")
-    lake.publish(manifest)
-    export_metrics(manifest, stage.settings)
-    progress(f"{partition.path}: landed {manifest.rows:,} rows, quarantined {sum(landing.quarantined.values()):,} "
+    ), [f.key for f in files], started["raw"])
+    export_metrics(commit, stage.settings)
+    progress(f"{partition.path}: landed {commit.rows:,} rows, quarantined {sum(landing.quarantined.values()):,} "
              f"{dict(landing.quarantined) or ''} from {scanned:,} records in {seconds}s")
     if landing.late.late:
         log.warning("late records for already published partitions %s: they will be re-landed", landing.late.late)
-    return manifest
+    return commit

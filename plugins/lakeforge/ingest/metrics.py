@@ -1,6 +1,6 @@
 """Prometheus metrics of a landing: records per outcome, bytes, offset and event lag per Kafka topic-partition.
 
-:func:`export_metrics` writes them after the manifest is published, to the node-exporter textfile
+:func:`export_metrics` writes them after the landing is committed, to the node-exporter textfile
 collector's directory and, when configured, to a Pushgateway. (The summary of a landing for XCom,
 asset events and the CLI is :func:`lakeforge.stage.run.summarize`, shared by every stage.)
 """
@@ -11,12 +11,12 @@ import logging
 import os
 
 from lakeforge.config import Settings
-from lakeforge.lake import Manifest
+from lakeforge.lake import Commit
 
 log = logging.getLogger(__name__)
 
 
-def export_metrics(manifest: Manifest, settings: Settings) -> str | None:
+def export_metrics(commit: Commit, settings: Settings) -> str | None:
     """Write the landing's metrics in Prometheus text format.
 
     To ``$LAKEFORGE_HOME/metrics/ingest_<pipeline>.prom`` (node-exporter textfile collector
@@ -38,24 +38,24 @@ def export_metrics(manifest: Manifest, settings: Settings) -> str | None:
     dur = Gauge("lakeforge_ingest_duration_seconds", "Duration of the last landing", ["pipeline"], registry=reg)
     late = Gauge("lakeforge_ingest_late_rows", "Rows of the last landing that arrived after an earlier landing",
                  ["pipeline"], registry=reg)
-    topic = next(iter(manifest.kafka_offsets), "")
-    for tp, stats in manifest.stats.get("topic_partitions", {}).items():
-        labels = dict(pipeline=manifest.pipeline, topic=topic, partition=tp)  # "partition": the topic-partition
+    topic = next(iter(commit.kafka_offsets), "")
+    for tp, stats in commit.stats.get("topic_partitions", {}).items():
+        labels = dict(pipeline=commit.pipeline, topic=topic, partition=tp)  # "partition": the topic-partition
         records.labels(**labels, outcome="landed").set(stats["landed"])
         records.labels(**labels, outcome="quarantined").set(stats["quarantined"])
         nbytes.labels(**labels).set(stats["bytes"])
         lag.labels(**labels).set(stats["offset_lag"])
         end.labels(**labels).set(stats["end"])
         if stats["max_timestamp_ms"] >= 0:
-            stamp.labels(**labels).set(manifest.created_at.timestamp() - stats["max_timestamp_ms"] / 1000)
-    dur.labels(pipeline=manifest.pipeline).set(manifest.stats.get("seconds", 0))
-    late.labels(pipeline=manifest.pipeline).set(manifest.stats.get("late_rows", 0))
-    path = settings.home / "metrics" / f"ingest_{manifest.pipeline}.prom"
+            stamp.labels(**labels).set(commit.created_at.timestamp() - stats["max_timestamp_ms"] / 1000)
+    dur.labels(pipeline=commit.pipeline).set(commit.stats.get("seconds", 0))
+    late.labels(pipeline=commit.pipeline).set(commit.stats.get("late_rows", 0))
+    path = settings.home / "metrics" / f"ingest_{commit.pipeline}.prom"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_to_textfile(str(path), reg)
         if os.environ.get("LAKEFORGE_PUSHGATEWAY_URL"):
-            push_to_gateway(os.environ["LAKEFORGE_PUSHGATEWAY_URL"], job=f"lakeforge_ingest_{manifest.pipeline}",
+            push_to_gateway(os.environ["LAKEFORGE_PUSHGATEWAY_URL"], job=f"lakeforge_ingest_{commit.pipeline}",
                             registry=reg)
     except Exception as exc:  # the partition is published; metrics are best effort
         log.warning("could not export ingest metrics: %s", exc)

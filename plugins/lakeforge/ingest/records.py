@@ -31,9 +31,11 @@ from lakeforge.config import FieldSpec, PipelineConfig
 _ARROW_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
                 "timestamp": pa.timestamp("us", tz="UTC")}
 KAFKA_COLUMNS = [("kafka_topic", pa.string()), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
-                 ("kafka_timestamp", pa.timestamp("ms", tz="UTC"))]
+                 ("kafka_timestamp", pa.timestamp("us", tz="UTC"))]  # Iceberg's timestamp unit
+#: The quarantine table's rows: the record's bytes, why, where in Kafka, and the lake partition whose
+#: landing quarantined it (the table's partition column).
 QUARANTINE_SCHEMA = pa.schema([("raw", pa.binary()), ("reason", pa.string()), ("detail", pa.string()),
-                               *KAFKA_COLUMNS])
+                               *KAFKA_COLUMNS, ("partition_start", pa.timestamp("us", tz="UTC"))])
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 

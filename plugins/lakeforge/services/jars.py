@@ -3,10 +3,8 @@
 Three jar sets, each described by a tiny POM under ``jvm/<kind>/pom.xml``:
 
 * ``kafka`` — the Apache Kafka 4.x broker (``java -cp <kafka_classpath()> kafka.Kafka …``);
-* ``s3a`` — ``hadoop-aws`` and the AWS SDK v2 bundle, handed to Spark so jobs can read and
-  write ``s3a://``;
-* ``iceberg`` — Iceberg's Spark runtime, its S3FileIO (``iceberg-aws-bundle``) and the PostgreSQL
-  JDBC driver of the catalog, handed to Spark beside ``s3a`` (:func:`spark_jars`).
+* ``iceberg`` — Iceberg's Spark runtime, its S3FileIO (``iceberg-aws-bundle``) and the JDBC
+  drivers of the catalog (PostgreSQL; SQLite for a local lake), handed to Spark (:func:`spark_jars`).
 
 ``mvn dependency:copy-dependencies`` copies each set into ``$LAKEFORGE_JAR_CACHE/<kind>/``
 (default ``<repo>/.cache/jars``). A marker file beside the jars stores the POM's sha256: a resolve
@@ -32,7 +30,7 @@ from lakeforge.config import REPO_ROOT
 from lakeforge.errors import PrerequisiteError
 
 #: The jar sets we know, each with its POM at ``jvm/<kind>/pom.xml``.
-KINDS: tuple[str, ...] = ("kafka", "s3a", "iceberg")
+KINDS: tuple[str, ...] = ("kafka", "iceberg")
 JVM_DIR = REPO_ROOT / "jvm"
 #: Name of the marker file written (last) into a resolved jar directory: the POM's sha256.
 MARKER = ".pom.sha256"
@@ -48,7 +46,7 @@ def jar_cache() -> Path:
 
 
 def pom_path(kind: str) -> Path:
-    """The POM that describes jar set ``kind`` (``kafka`` or ``s3a``)."""
+    """The POM that describes jar set ``kind`` (``kafka`` or ``iceberg``)."""
     if kind not in KINDS:
         raise ValueError(f"unknown jar set {kind!r}: expected one of {KINDS}")
     return JVM_DIR / kind / "pom.xml"
@@ -214,9 +212,9 @@ def kafka_classpath() -> str:
 
 
 def spark_jars() -> list[Path]:
-    """The jars every Spark job gets: hadoop-aws + AWS SDK bundle (``s3a://``) and Iceberg (the
-    lake's tables, their S3FileIO, the catalog's JDBC driver)."""
-    return jars("s3a") + jars("iceberg")
+    """The jars every Spark job gets: Iceberg (the lake's tables, their S3FileIO, the catalog's JDBC
+    drivers)."""
+    return jars("iceberg")
 
 
 def cache_size(kind: str) -> int:

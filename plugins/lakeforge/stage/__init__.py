@@ -1,7 +1,7 @@
 """The stage contract: what ingest, curate, features, train and evaluate share.
 
 * :mod:`~lakeforge.stage.run` — :class:`StageRun` (pipeline, one parsed partition, run id, settings,
-  lake; built once per process), the run-id sanitizer, :func:`summarize` (manifest -> summary),
+  lake; built once per process), the run-id sanitizer, :func:`summarize` (commit -> summary),
   :data:`GATE_FAILED_EXIT`;
 * :mod:`~lakeforge.stage.steps` — the step kinds (:class:`Step`, :class:`RowFilter`,
   :class:`BatchStep`, …) and :class:`StepRegistry`, through which each stage names its steps;

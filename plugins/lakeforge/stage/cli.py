@@ -5,7 +5,7 @@
 The flags become one :class:`~lakeforge.stage.run.StageRun` (each attempt gets its own run id: the
 Airflow run id plus a random suffix) and :class:`~lakeforge.stage.spark_io.SparkStageOptions`, which
 go to the stage's ``run``. Logs go to stderr; the last stdout line is the JSON summary of the
-published manifest (:func:`~lakeforge.stage.run.summarize`). What no retry can fix — a failed
+published commit (:func:`~lakeforge.stage.run.summarize`). What no retry can fix — a failed
 data-quality gate, a partition whose columns do not match the pipeline, a bad pipeline file or
 partition — exits with status :data:`~lakeforge.stage.run.GATE_FAILED_EXIT` (the Airflow task then
 fails without retries) after printing ``{"error": "quality_gate"|"schema"|"config", "message": …}``.
@@ -20,12 +20,12 @@ from typing import Callable, Optional
 
 import typer
 
-from lakeforge.lake import Manifest
+from lakeforge.lake import Commit
 from lakeforge.stage.run import GATE_FAILED_EXIT, StageRun, summarize
 from lakeforge.stage.spark_io import SparkStageOptions
 
-#: ``run(stage, options)`` of a Spark stage, returning the published manifest.
-SparkStage = Callable[[StageRun, SparkStageOptions], Manifest]
+#: ``run(stage, options)`` of a Spark stage, returning the published commit.
+SparkStage = Callable[[StageRun, SparkStageOptions], Commit]
 
 
 def spark_stage_app(name: str, run: SparkStage) -> typer.Typer:
@@ -43,13 +43,13 @@ def spark_stage_app(name: str, run: SparkStage) -> typer.Typer:
 
         try:
             stage = StageRun.create(pipeline, partition, run_id, per_attempt=True)
-            manifest = run(stage, SparkStageOptions(master=master))
+            commit = run(stage, SparkStageOptions(master=master))
         except (DataQualityError, SchemaMismatchError, ConfigError) as exc:  # the same input fails the same way
             kind = {DataQualityError: "quality_gate", SchemaMismatchError: "schema"}.get(type(exc), "config")
             logging.getLogger(__name__).error("%s", exc)
             print(json.dumps({"error": kind, "message": str(exc)}), flush=True)
             raise typer.Exit(GATE_FAILED_EXIT) from None
-        print(json.dumps(summarize(manifest, stage.lake)), flush=True)
+        print(json.dumps(summarize(commit, stage.lake)), flush=True)
 
     return app
 

@@ -7,7 +7,7 @@ CLI, the ``lakeforge`` CLI or an Airflow task body in :mod:`lakeforge.operators`
 and every stage's ``run`` takes it as its first argument.
 
 Also here, because every stage needs the same answer: the one run-id sanitizer
-(:func:`safe_run_id`, :func:`new_run_id`), the one manifest-to-summary function
+(:func:`safe_run_id`, :func:`new_run_id`), the one commit-to-summary function
 (:func:`summarize`: job stdout, XCom, asset-event metadata) and the exit status of a failed
 data-quality gate (:data:`GATE_FAILED_EXIT`).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lakeforge.config import Partition, PipelineConfig, Settings
-from lakeforge.lake import Lake, Manifest
+from lakeforge.lake import Commit, Lake
 
 #: Exit status of a stage process that failed in a way rerunning cannot fix — its data-quality gate,
 #: a partition whose columns do not match the pipeline, a bad pipeline file — so the Airflow task
@@ -47,7 +47,7 @@ class StageRun:
 
     pipeline: PipelineConfig  # the pipeline YAML, loaded once
     partition: Partition  # the lake partition, parsed once
-    run_id: str  # path-safe: the writer's prefix in the lake, the run named in manifests
+    run_id: str  # path-safe: names the run in commits, reports and checkpoints
     settings: Settings  # endpoints and credentials
     lake: Lake  # where the stage reads and publishes (clients are created on first use)
 
@@ -80,24 +80,24 @@ class StageRun:
         return f"{self.pipeline.name} {self.partition.path}"
 
 
-def summarize(manifest: Manifest, lake: Lake, *, presign: bool = False) -> dict[str, Any]:
+def summarize(commit: Commit, lake: Lake, *, presign: bool = False) -> dict[str, Any]:
     """The summary of a published partition: what a job prints as its last stdout line, what the
     Airflow task returns (XCom) and attaches to its outlet asset event.
 
     Args:
-        manifest: the published manifest.
-        lake: the lake it was published in (builds the manifest's URI).
+        commit: the commit that published the partition.
+        lake: the lake it was published in (presigns the report link).
         presign: add ``report_url``, a presigned HTTP link to the quality report (7 days).
     """
-    stats = manifest.stats or {}
+    stats = commit.stats or {}
     summary: dict[str, Any] = {
-        "manifest": lake.uri(lake.manifest_key(manifest.layer, manifest.pipeline, manifest.lake_partition)),  # type: ignore[arg-type]
-        "layer": manifest.layer, "partition": manifest.partition, "run_id": manifest.run_id,
-        "rows": manifest.rows, "files": len(manifest.files), "dropped": manifest.dropped,
-        "quarantined": manifest.quarantined, "quarantined_total": sum(manifest.quarantined.values()),
+        "table": commit.table, "snapshot_id": commit.snapshot_id,
+        "layer": commit.layer, "partition": commit.partition, "run_id": commit.run_id,
+        "rows": commit.rows, "files": commit.files, "dropped": commit.dropped,
+        "quarantined": commit.quarantined, "quarantined_total": sum(commit.quarantined.values()),
     }
-    if manifest.kafka_offsets:
-        summary["kafka_offsets"] = manifest.kafka_offsets
+    if commit.kafka_offsets:
+        summary["kafka_offsets"] = commit.kafka_offsets
     for key in ("rows_per_split", "late_rows", "late_partitions", "msgs_per_s", "seconds"):
         if key in stats:
             summary[key] = stats[key]

@@ -1,20 +1,26 @@
-"""Spark <-> lake I/O of the Spark stages (thin; every path comes from :class:`lakeforge.lake.Lake`),
-and the options every Spark stage takes besides its :class:`~lakeforge.stage.run.StageRun`."""
+"""Spark <-> lake I/O of the Spark stages: read a published partition of an Iceberg table at its
+snapshot, publish a partition as one Iceberg commit; and the options every Spark stage takes besides
+its :class:`~lakeforge.stage.run.StageRun`."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from lakeforge.errors import ManifestError, SchemaMismatchError
-from lakeforge.lake import FileEntry, Lake, Manifest
+from lakeforge.catalog import partition_column, spark_table
+from lakeforge.config import Settings
+from lakeforge.errors import LakeError, PartitionNotPublishedError, PublishConflictError, SchemaMismatchError
+from lakeforge.lake import PARTITION_KEY, RUN_ID_KEY, Commit, ancestry, check_no_rival
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from lakeforge.stage.run import StageRun
+
+log = logging.getLogger(__name__)
 
 
 class SparkStageOptions(BaseModel):
@@ -22,7 +28,7 @@ class SparkStageOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     master: str | None = None  # Spark master URL; None: spark_session's default / spark-submit's
-    samples_per_reason: int = 5  # dropped rows per reason recorded in the manifest and the report
+    samples_per_reason: int = 5  # dropped rows per reason recorded in the report
     rows_per_file: int = 1_000_000  # above this, output is split into several files
 
 
@@ -33,95 +39,114 @@ def stage_session(stage: "StageRun", name: str, options: SparkStageOptions) -> "
     return spark_session(f"{name}-{stage.pipeline.name}-{stage.partition.path}", stage.lake.settings, options.master)
 
 
-def read_manifest_frame(spark: "SparkSession", lake: Lake, manifest: Manifest,
-                        required: Mapping[str, str], empty_schema: str) -> "DataFrame":
-    """Read exactly the files a manifest lists (as ``s3a://``), casting the required columns.
+def attach_catalog(spark: "SparkSession", settings: Settings) -> None:
+    """Point ``spark`` at the lake's catalog (settings and secrets, at run time: a catalog is
+    instantiated on its first use in a session, so a session made elsewhere — a test's — works too)."""
+    from lakeforge.catalog import spark_conf, spark_secrets
+
+    for key, value in {**spark_conf(settings), **spark_secrets(settings)}.items():
+        if key.startswith("spark.sql.catalog.") and spark.conf.get(key, None) != value:
+            spark.conf.set(key, value)
+
+
+def read_partition(spark: "SparkSession", stage: "StageRun", commit: Commit,
+                   required: Mapping[str, str] | None = None) -> "DataFrame":
+    """The rows a commit published (its partition of its table, at its snapshot: a rerun committed
+    since changes nothing here), the required columns cast.
 
     Args:
-        required: column -> Spark SQL type; a missing column raises ManifestError.
-        empty_schema: DDL schema of the frame returned for a manifest without files.
+        required: column -> Spark SQL type; a column the table lacks raises SchemaMismatchError.
     """
     from pyspark.sql import functions as F
 
-    if not manifest.files:
-        return spark.createDataFrame([], empty_schema)  # a local relation: no Python worker for nothing
-    df = spark.read.parquet(*file_uris(lake, manifest.files))
+    required = required or {}
+    if commit.snapshot_id is None:
+        raise PartitionNotPublishedError(f"{commit.table} {commit.partition} has no snapshot: it was never committed")
+    attach_catalog(spark, stage.settings)
+    name = spark_table(commit.pipeline, commit.layer, stage.settings)
+    df = spark.sql(f"SELECT * FROM {name} VERSION AS OF {int(commit.snapshot_id)}")
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise SchemaMismatchError(
-            f"{manifest.layer} partition {manifest.pipeline}/{manifest.partition} lacks columns {missing}"
-            f" (found {df.columns}); the pipeline's `fields` and the partition disagree: was it written by an older"
-            f" schema (bump `schema_version` and re-land), or does a field need another `name`?"
+            f"table {commit.table} lacks columns {missing} (found {df.columns}); the pipeline's `fields` and the"
+            f" table disagree: was it written by an older schema (bump `schema_version` and re-land), or does a"
+            f" field need another `name`?"
         )
+    column = partition_column(stage.pipeline, commit.layer)
+    part = commit.lake_partition
+    df = df.where((F.col(column) >= F.lit(part.start)) & (F.col(column) < F.lit(part.end)))
     return df.withColumns({c: F.col(c).cast(t) for c, t in required.items()})
 
 
-def file_uris(lake: Lake, files: list[FileEntry] | list[dict[str, Any]]) -> list[str]:
-    """``s3a://`` URIs of manifest file entries (FileEntry or their dicts)."""
-    paths = [f.path if isinstance(f, FileEntry) else f["path"] for f in files]
-    return [lake.uri(lake.key_of(p), scheme="s3a") for p in paths]
-
-
-def check_rows_read(manifest: Manifest, rows_read: int) -> None:
-    """Fail when the files of a manifest hold another number of rows than it says."""
-    if rows_read != manifest.rows:
-        raise ManifestError(
-            f"{manifest.layer} partition {manifest.pipeline}/{manifest.partition} (run {manifest.run_id}) lists"
-            f" {manifest.rows} rows but its files hold {rows_read}: rerun the upstream task for {manifest.partition}"
+def check_rows_read(commit: Commit, rows_read: int) -> None:
+    """Fail when a published partition holds another number of rows than its commit says."""
+    if rows_read != commit.rows:
+        raise LakeError(
+            f"{commit.table} {commit.partition} (run {commit.run_id}, snapshot {commit.snapshot_id}) says"
+            f" {commit.rows} rows but holds {rows_read}: rerun the upstream task for {commit.partition}"
         )
 
 
-def write_sorted_parquet(df: "DataFrame", uri: str, rows: int, rows_per_file: int,
-                         row_group_bytes: int | None = None) -> None:
-    """Write ``df`` as zstd Parquet under ``uri``: the same rows in the same files and order on reruns.
-
-    (The bytes match too within one JVM; across JVMs parquet-mr may list a column chunk's
-    encodings in another order in the footer, so compare rows, not file checksums.)
+def sorted_for_write(df: "DataFrame", rows: int, rows_per_file: int) -> "DataFrame":
+    """``df`` laid out for writing: the same rows in the same files and order on reruns.
 
     One file when ``rows <= rows_per_file`` (globally sorted by id), else ``ceil(rows /
     rows_per_file)`` files hash-partitioned on id; every file is sorted by id, then by the other
-    columns so duplicate ids still come out in a fixed order. ``row_group_bytes`` sets the Parquet
-    row-group size (default parquet-mr's 128 MiB).
+    columns so duplicate ids still come out in a fixed order.
     """
     files = max(1, math.ceil(rows / rows_per_file))
     # hash partitioning (not range) so file contents never depend on sampling
     parts = df.repartition(1) if files == 1 else df.repartition(files, "id")
     sortable = [f.name for f in df.schema.fields if f.dataType.typeName() not in ("array", "map", "struct", "binary")]
-    order = ["id"] + [c for c in sortable if c != "id"]
-    writer = parts.sortWithinPartitions(*order).write.mode("overwrite").option("compression", "zstd")
-    if row_group_bytes:
-        writer = writer.option("parquet.block.size", str(row_group_bytes))
-    writer.parquet(uri)
+    order = (["id"] if "id" in sortable else []) + [c for c in sortable if c != "id"]
+    return parts.sortWithinPartitions(*order)
 
 
-def write_files(lake: Lake, df: "DataFrame", rows: int, key: str, rows_per_file: int,
-                row_group_bytes: int | None = None) -> list[FileEntry]:
-    """Write ``df`` under the prefix ``key`` and describe the files (sizes, checksums, rows)."""
-    if rows == 0:
-        return []
-    write_sorted_parquet(df, lake.uri(key, scheme="s3a"), rows, rows_per_file, row_group_bytes)
-    files = [lake.describe_file(uri) for uri in lake.list_run_files(key)]
-    written = sum(f.rows for f in files)
-    if written != rows:
-        raise ManifestError(f"{lake.uri(key)} holds {written} rows, expected {rows}: not publishing")
-    return files
-
-
-def stage_manifest(stage: "StageRun", layer: str, files: list[FileEntry], rows: int, **fields: Any) -> Manifest:
-    """The manifest of ``layer`` for this stage run's partition (``fields``: inputs, dropped, stats, …)."""
+def stage_commit(stage: "StageRun", layer: str, rows: int, **fields: Any) -> Commit:
+    """The commit record of ``layer`` for this stage run's partition (``fields``: inputs, dropped, stats, …)."""
     part = stage.partition
-    return Manifest(layer=layer, pipeline=stage.pipeline.name, partition=part.path, interval=(part.start, part.end),
-                    schema_version=stage.pipeline.schema_version, run_id=stage.run_id, files=files, rows=rows,
-                    **fields)
+    return Commit(layer=layer, pipeline=stage.pipeline.name, partition=part.path, interval=(part.start, part.end),
+                  schema_version=stage.pipeline.schema_version, run_id=stage.run_id, rows=rows, **fields)
 
 
 def publish_frame(stage: "StageRun", df: "DataFrame", rows: int, *, layer: str, rows_per_file: int,
-                  inputs: list[dict[str, str]], dropped: dict[str, int], stats: dict[str, Any],
-                  row_group_bytes: int | None = None) -> Manifest:
-    """Write ``df`` under the run prefix, describe the files and publish the manifest (last)."""
-    lake = stage.lake
-    key = lake.run_key(layer, stage.pipeline.name, stage.partition, stage.run_id)  # type: ignore[arg-type]
-    files = write_files(lake, df, rows, key, rows_per_file, row_group_bytes)
-    manifest = stage_manifest(stage, layer, files, rows, inputs=inputs, dropped=dropped, stats=stats)
-    lake.publish(manifest)
-    return manifest
+                  started_from: int | None, **fields: Any) -> Commit:
+    """Replace the stage's partition of ``<pipeline>.<layer>`` with ``df`` (``rows`` rows) in one Iceberg
+    commit whose snapshot summary carries the record (``fields``: inputs, dropped, stats).
+
+    The commit is an overwrite by the partition's filter, validated from ``started_from`` (the table's
+    snapshot when the run began) at serializable isolation: a commit of another partition in the
+    meantime is retried by Iceberg, another run's commit of *this* partition fails this one with
+    :class:`PublishConflictError` (nothing of it committed).
+    """
+    from pyspark.sql import functions as F
+
+    lake, pipeline, part = stage.lake, stage.pipeline, stage.partition
+    table = lake.table(pipeline, layer)  # created on first use, with the pipeline's columns and partitioning
+    commit = stage_commit(stage, layer, rows, **fields)
+    check_no_rival(table.refresh(), commit, started_from)
+    attach_catalog(df.sparkSession, stage.settings)
+    column = partition_column(pipeline, layer)
+    writer = (sorted_for_write(df.select(*[f.name for f in table.schema().fields]), rows, rows_per_file)
+              .writeTo(spark_table(pipeline.name, layer, stage.settings))
+              .option("distribution-mode", "none")  # keep the layout above (and both cores writing)
+              .option("isolation-level", "serializable"))
+    if started_from is not None:
+        writer = writer.option("validate-from-snapshot-id", str(started_from))
+    for key, value in commit.properties().items():
+        writer = writer.option(f"snapshot-property.{key}", value)
+    try:
+        writer.overwrite((F.col(column) >= F.lit(part.start)) & (F.col(column) < F.lit(part.end)))
+    except Exception as exc:
+        if "ValidationException" in str(exc) or "conflicting files" in str(exc):
+            raise PublishConflictError(
+                f"{commit.table} {part.path}: another run published this partition while run {stage.run_id!r} was"
+                f" writing it; nothing of this run was committed. Rerun it to replace that run's rows.") from exc
+        raise
+    snap = next(s for s in ancestry(table.refresh())
+                if s.summary.get(RUN_ID_KEY) == stage.run_id and s.summary.get(PARTITION_KEY) == part.path)
+    added = int(snap.summary.get("added-records") or 0)
+    if added != rows:
+        raise LakeError(f"{commit.table} {part.path}: snapshot {snap.snapshot_id} added {added} rows, expected {rows}")
+    log.info("published %s %s: %d rows (snapshot %d)", commit.table, part.path, rows, snap.snapshot_id)
+    return Commit.of_snapshot(snap).model_copy(update={"stats": commit.stats})  # the samples, for the caller

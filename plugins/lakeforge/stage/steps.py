@@ -41,7 +41,7 @@ HASH = "text_hash"
 METRIC_PREFIX = "_metric_"
 #: Column tagging each dropped row with the number of the stage that dropped it (internal).
 STAGE = "_stage"
-#: Longest text kept in a dropped-row sample (samples go into the manifest and the report).
+#: Longest text kept in a dropped-row sample (samples go into the report).
 SAMPLE_TEXT_CHARS = 300
 
 

@@ -1,7 +1,7 @@
 """Stream a features partition from the lake into padded, length-bucketed training batches.
 
 Nothing is downloaded whole: :class:`FeatureSource` opens exactly the Parquet files a features
-manifest lists as a ``pyarrow.dataset`` and splits them into row-group fragments. A *plan*
+commit lists as a ``pyarrow.dataset`` and splits them into row-group fragments. A *plan*
 (:func:`FeatureSource.plan`) reads only the small ``split`` column of each row group, once, and cuts
 the row groups into :class:`Unit` s (a row group, or a stride of its rows when there are fewer row
 groups than shards) with their row count of the wanted split. :class:`LengthBucketedStream` (a torch
@@ -63,11 +63,11 @@ class Unit:
 
 def choose_token_source(has_input_ids: bool, token_stats: dict | None, max_length: int,
                         truncation_side: str) -> tuple[bool, str]:
-    """``(use input_ids?, why)`` for a profile, from the features manifest's ``stats["tokens"]``.
+    """``(use input_ids?, why)`` for a profile, from the features commit's ``stats["tokens"]``.
 
     The stored ids serve a profile when re-cutting them gives what tokenizing the text would: no row
     was truncated, or they were cut at ``max_length`` or longer on the same side. Unknown stats (no
-    manifest, older features) trust the column.
+    features commit, older features) trust the column.
     """
     if not has_input_ids:
         return False, "no input_ids column"
@@ -124,7 +124,7 @@ class FeatureSource:
     def __init__(self, paths: Sequence[str], filesystem=None, prefer_input_ids: bool = True):
         """
         Args:
-            paths: files in manifest order (``bucket/key`` for S3, local paths for a local filesystem).
+            paths: files in the commit's order (``bucket/key`` for S3, local paths for a local filesystem).
             filesystem: a pyarrow filesystem (the lake's S3FileSystem); None is the local disk.
             prefer_input_ids: stream the ``input_ids`` column when there is one (else tokenize ``text``).
         """

@@ -50,7 +50,8 @@ def run(stage: StageRun, config: TrainConfig, table=None, *, inputs: list[dict[s
         stage: the pipeline (model spec, profiles), the features partition and the lake it is read from.
         config: how to train.
         table: features as an Arrow table (``id, text|input_ids, label, split``) instead of the lake's.
-        inputs: lineage refs (``{path, sha256}``) of a ``table`` given by the caller.
+        inputs: lineage refs of a ``table`` given by the caller (``{table, snapshot_id, partition}`` for
+            lake data; ``{path, sha256}`` for anything else).
     """
     procs = dist.setup(config.cpu_threads)
     try:
@@ -65,11 +66,11 @@ class Features:
     """The features a run trains on, their lineage and identity."""
 
     source: FeatureSource
-    inputs: list[dict[str, str]] | None  # logged as the run's lakeforge.inputs
-    upstream: list[dict[str, str]]  # the features manifest's own inputs (the curated partition)
+    inputs: list[dict[str, Any]] | None  # logged as the run's lakeforge.inputs (table, snapshot_id, partition)
+    upstream: list[dict[str, Any]]  # the features commit's own inputs (the curated snapshot)
     lake: Any  # the lake they came from; None: the caller's table
-    refs: list[dict[str, str]]  # what the checkpoint fingerprint hashes
-    stats: dict[str, Any]  # the features manifest's stats (tokenization, the curation report)
+    refs: list[dict[str, Any]]  # what the checkpoint fingerprint hashes
+    stats: dict[str, Any]  # the features commit's stats (tokenization, the curation report)
     token_source: str = ""  # why input_ids or text
     units: dict[str, list[Unit]] = field(default_factory=dict)  # per split: this run's plan
     rows: dict[str, int] = field(default_factory=dict)  # per split
@@ -144,6 +145,7 @@ def _run(stage: StageRun, config: TrainConfig, procs: dist.Processes, table, inp
             tracking.log_artifacts(state.record, confusion, spec.labels, data.lake, data.upstream,
                                    data.stats.get("curate_report"))
             register_candidates(result, config, spec, profile, raw_model, tokenizer, data.source, tags)
+            keep_inputs(data, spec.registered_name, result.candidates)
             mlflow.flush_async_logging()
             if store is not None:
                 store.write_json(ckpt.DONE, result.as_dict())  # before deleting: a crash now is a retry that returns
@@ -166,12 +168,27 @@ def open_features(stage: StageRun, profile: TrainProfile, table, inputs, tmp: Pa
         data = Features(FeatureSource([str(path)]), inputs, [], None, refs, {})
     else:
         lake = stage.lake
-        manifest, ref = lake.read_input("features", stage.pipeline.name, stage.partition)
-        source = FeatureSource([lake.arrow_path(f.path) for f in manifest.files], lake.fs)
-        data = Features(source, [ref], list(manifest.inputs), lake, [ref], dict(manifest.stats or {}))
+        commit = lake.read_commit("features", stage.pipeline.name, stage.partition)
+        # the data files of the features snapshot: a rerun of features meanwhile changes nothing here
+        source = FeatureSource(lake.data_files(commit), lake.fs)
+        data = Features(source, [commit.ref], list(commit.inputs), lake, [commit.ref], dict(commit.stats or {}))
     data.source.prefer_input_ids, data.token_source = choose_token_source(
         data.source.has_input_ids, data.stats.get("tokens"), profile.max_length, profile.truncation_side)
     return data
+
+
+def keep_inputs(data: Features, name: str, candidates: list[dict[str, Any]]) -> None:
+    """Tag the snapshots every registered version trained on (features, and the curated and raw
+    snapshots they came from) so snapshot expiry keeps them (:meth:`lakeforge.lake.Lake.keep`)."""
+    from lakeforge.lake import model_tag
+
+    if data.lake is None:
+        return
+    for candidate in candidates:
+        for ref in data.inputs or []:
+            kept = data.lake.keep(ref, model_tag(name, candidate["version"]))
+            log.info("%s v%s: kept snapshots %s", name, candidate["version"],
+                     ", ".join(f"{c.table}@{c.snapshot_id}" for c in kept))
 
 
 def plan(data: Features, stage: StageRun, profile: TrainProfile, procs: dist.Processes) -> None:

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 def fingerprint(profile: TrainProfile, spec: ModelSpec, data_refs: list[dict[str, str]]) -> str:
     """What a checkpoint is only valid for: hyper-parameters, model and data. A mismatch starts fresh."""
     body = json.dumps({"profile": profile.model_dump(), "base": spec.base, "pooling": spec.pooling,
-                       "labels": spec.labels, "data": [r.get("sha256") for r in data_refs]}, sort_keys=True)
+                       "labels": spec.labels, "data": [r.get("sha256") or f"{r.get('table')}@{r.get('snapshot_id')}"
+                                                              for r in data_refs]}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 

@@ -2,7 +2,7 @@
 
 Only rank 0 calls these. One MLflow run per training run key (:func:`mlflow_run`): a retry of the
 same Airflow task continues it. Logged: the whole config and profile as params (:func:`params`);
-system metrics; tags linking the features manifest (and its inputs) with their sha256, the code
+system metrics; tags naming the features table and snapshot read (and its inputs' snapshots), the code
 version and the Airflow dag/run ids (:func:`lineage_tags`); plots (confusion matrices, training
 curves), the curation quality report (:func:`log_artifacts`); the tokenizer and the model as the
 lakeforge pyfunc (text in, ``label``/``score`` out) with an explicit signature and input example,
@@ -283,20 +283,20 @@ def log_curves(history: list[dict[str, float]], evals: list[dict[str, float]]) -
 def log_quality_report(lake, upstream: list[dict[str, str]], report: dict | None = None) -> list[str]:
     """Log the curation quality report under ``quality_report/`` of the active run.
 
-    The report is ``{"json": "s3://…", "html": "s3://…"}``: the features manifest carries the curated
-    manifest's as ``stats["curate_report"]`` (``report``); without it, the curated manifests the
-    features manifest's ``inputs`` name are read for their ``stats["report"]``. Absent or unreadable
-    reports are logged and skipped: the report is evidence, not input.
+    The report is ``{"json": "s3://…", "html": "s3://…"}``: the features commit carries the curated
+    commit's as ``stats["curate_report"]`` (``report``); without it, the curated commits the features
+    commit's ``inputs`` name are read for their ``stats["report"]``. Absent or unreadable reports are
+    logged and skipped: the report is evidence, not input.
     """
     logged = []
     reports = [report] if report else []
     for ref in upstream if not report else []:
         try:
-            manifest, _ = lake.read_manifest_at(ref["path"])
-        except Exception as exc:  # the upstream manifest may have been superseded since
-            log.warning("cannot read upstream manifest %s for its quality report: %s", ref.get("path"), exc)
+            commit = lake.commit_of(ref)
+        except Exception as exc:  # the upstream snapshot may have been expired since
+            log.warning("cannot read upstream commit %s for its quality report: %s", ref, exc)
             continue
-        reports.append((manifest.stats or {}).get("report") or {})
+        reports.append((commit.stats or {}).get("report") or {})
     for links in reports:
         for kind, uri in sorted(links.items()):
             if not isinstance(uri, str):

@@ -9,13 +9,13 @@ import pytest
 from lakeforge.config import PipelineConfig, QualityGateSpec
 from lakeforge.curate import gates, report
 from lakeforge.errors import ConfigError, DataQualityError
-from lakeforge.lake import Manifest
+from lakeforge.lake import Commit
 
 
 def raw(quarantined=None, version=1):
     t = datetime(2026, 11, 20, tzinfo=timezone.utc)
-    return Manifest(layer="raw", pipeline="movie_reviews", partition="dt=2026-11-20", interval=(t, t),
-                    schema_version=version, run_id="i", files=[], rows=900, quarantined=quarantined or {})
+    return Commit(layer="raw", pipeline="movie_reviews", partition="dt=2026-11-20", interval=(t, t),
+                  schema_version=version, run_id="i", rows=900, quarantined=quarantined or {})
 
 
 TYPES = {"id": "string", "text": "string", "label": "bigint", "source": "string", "event_time": "timestamp"}

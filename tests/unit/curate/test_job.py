@@ -11,10 +11,10 @@ import pytest
 
 from lakeforge.config import PipelineConfig
 from lakeforge.curate import build_steps, curate_frame, run, select_curated
-from lakeforge.errors import ManifestError
+from lakeforge.errors import LakeError, PartitionNotPublishedError
 from lakeforge.stage.run import StageRun
 from lakeforge.stage.schema import curated_columns
-from lakeforge.stage.spark_io import write_sorted_parquet
+from lakeforge.stage.spark_io import sorted_for_write
 
 REVIEWS_PIPELINE = PipelineConfig.load("movie_reviews")
 CURATED_COLUMNS = tuple(curated_columns(REVIEWS_PIPELINE))
@@ -93,7 +93,8 @@ def test_curate_is_deterministic(spark, arrow_frame, chain, tmp_path):
     digests = []
     for n, result in enumerate((chain, again)):
         out = tmp_path / f"out{n}"
-        write_sorted_parquet(select_curated(result.kept, REVIEWS_PIPELINE), f"file://{out}", result.rows_out, rows_per_file=1000)
+        laid_out = sorted_for_write(select_curated(result.kept, REVIEWS_PIPELINE), result.rows_out, rows_per_file=1000)
+        laid_out.write.option("compression", "zstd").parquet(f"file://{out}")
         files = sorted(out.glob("*.parquet"))
         assert len(files) == 1
         digests.append(hashlib.sha256(files[0].read_bytes()).hexdigest())
@@ -121,51 +122,59 @@ REVIEWS = [
 def test_run_publishes_curated_partition(spark, local_lake, publish_raw, tiny_pipeline):
     part = publish_raw(REVIEWS)
     pipeline = tiny_pipeline()
-    manifest = run(StageRun.create(pipeline, "2026-11-23", "c1", lake=local_lake), spark=spark)
-    assert (manifest.layer, manifest.partition, manifest.run_id) == ("curated", "dt=2026-11-23", "c1")
-    assert manifest.rows == 2 and len(manifest.files) == 1 and manifest.files[0].rows == 2
-    assert nonzero(manifest.dropped) == {"empty_text": 1, "too_short": 1, "exact_duplicate": 1}
-    assert manifest.stats["rows_in"] == 5 and manifest.stats["rows_out"] == 2
-    assert manifest.inputs[0]["path"].endswith("raw/movie_reviews/dt=2026-11-23/_MANIFEST.json")
-    assert local_lake.read_manifest("curated", "movie_reviews", part) == manifest
+    commit = run(StageRun.create(pipeline, "2026-11-23", "c1", lake=local_lake), spark=spark)
+    assert (commit.layer, commit.partition, commit.run_id) == ("curated", "dt=2026-11-23", "c1")
+    assert commit.rows == 2 and commit.files == 1
+    assert nonzero(commit.dropped) == {"empty_text": 1, "too_short": 1, "exact_duplicate": 1}
+    assert commit.stats["rows_in"] == 5 and commit.stats["rows_out"] == 2
+    raw = local_lake.read_commit("raw", "movie_reviews", part)
+    assert commit.inputs == [{"table": "movie_reviews.raw", "snapshot_id": raw.snapshot_id, "partition": part.path}]
+    assert local_lake.read_commit("curated", "movie_reviews", part) == commit.model_copy(
+        update={"stats": {k: v for k, v in commit.stats.items() if k != "dropped_samples"}})
 
-    curated = spark.read.parquet(manifest.files[0].path)
-    assert tuple(curated.columns) == CURATED_COLUMNS
-    assert [(r["id"], r["text"]) for r in curated.collect()] == [
+    curated = local_lake.read_table(commit)
+    assert tuple(curated.column_names) == CURATED_COLUMNS
+    assert [(r["id"], r["text"]) for r in curated.to_pylist()] == [
         ("e0", "an excellent movie, truly moving and sad."), ("e3", "Dull, slow and far too long for what it is.")]
-    assert dict(curated.dtypes) == {"id": "string", "text": "string", "label": "bigint", "source": "string",
-                                    "event_time": "timestamp", "text_hash": "string", "cluster_id": "string"}
+    assert dict(spark.table(f"{local_lake.settings.catalog_name}.movie_reviews.curated").dtypes) == {
+        "id": "string", "text": "string", "label": "bigint", "source": "string", "event_time": "timestamp",
+        "text_hash": "string", "cluster_id": "string"}
 
-    # the dropped rows are kept with their reason, the index segment lists the kept rows
-    import pyarrow.parquet as pq
-
-    excluded = pq.read_table(local_lake.arrow_path(manifest.stats["excluded"]["files"][0]["path"])).to_pylist()
+    # the dropped rows are kept with their reason, the index lists the kept rows
+    excluded = local_lake.read_table(local_lake.read_commit("excluded", "movie_reviews", part)).to_pylist()
     assert sorted((r["id"], r["reason"], r["duplicate_of"]) for r in excluded) == [
         ("e1", "exact_duplicate", "e0"), ("e2", "too_short", None), ("e4", "empty_text", None)]
-    segment = pq.read_table(local_lake.arrow_path(manifest.stats["index"]["files"][0]["path"])).to_pylist()
+    index = local_lake.read_commit("dedup_index", "movie_reviews", part)
+    assert index.run_id == "c1" and commit.stats["index"]["snapshot_id"] == index.snapshot_id
+    segment = local_lake.read_table(index).to_pylist()
     assert sorted(r["id"] for r in segment) == ["e0", "e3"]
-    assert all(len(r["bands"]) == manifest.stats["index"]["minhash"]["bands"] for r in segment)
-    # the report is in the lake, linked from the manifest
-    report = json.loads(local_lake.get_bytes(manifest.stats["report"]["json"]))
+    assert all(len(r["bands"]) == commit.stats["index"]["minhash"]["bands"] for r in segment)
+    # the report is in the lake, linked from the commit
+    report = json.loads(local_lake.get_bytes(commit.stats["report"]["json"]))
     assert report["rows_in"] == 5 and report["gate"]["passed"]
-    assert b"<svg" in local_lake.get_bytes(manifest.stats["report"]["html"])
+    assert b"<svg" in local_lake.get_bytes(commit.stats["report"]["html"])
 
-    # a rerun replaces the partition whole, with the same rows in the same order
-    before = [tuple(r) for r in curated.collect()]
+    # a rerun replaces the partition whole, with the same rows in the same order; the first run's
+    # rows stay readable at its snapshot (time travel)
+    before = curated.to_pylist()
     again = run(StageRun.create(pipeline, "2026-11-23", "c2", lake=local_lake), spark=spark)
-    assert [tuple(r) for r in spark.read.parquet(again.files[0].path).collect()] == before
-    run_dirs = sorted(p.name for p in (local_lake.root / "curated/movie_reviews/dt=2026-11-23").glob("run=*"))
-    assert run_dirs == ["run=c2"]
+    assert again.snapshot_id != commit.snapshot_id
+    assert local_lake.read_table(again).to_pylist() == before
+    assert local_lake.read_commit("curated", "movie_reviews", part).run_id == "c2"
+    assert local_lake.read_table(commit).to_pylist() == before
 
 
 def test_run_without_raw_partition_fails_loudly(spark, local_lake):
-    with pytest.raises(ManifestError, match="raw"):
+    with pytest.raises(PartitionNotPublishedError, match="raw"):
         run(StageRun.create("movie_reviews", "2026-11-25", lake=local_lake), spark=spark)
 
 
-def test_run_refuses_a_manifest_that_miscounts_its_rows(spark, local_lake, publish_raw, tiny_pipeline):
+def test_run_refuses_a_partition_that_miscounts_its_rows(spark, local_lake, publish_raw, tiny_pipeline):
     part = publish_raw(REVIEWS)
-    manifest = local_lake.read_manifest("raw", "movie_reviews", part)
-    local_lake.publish(manifest.model_copy(update={"rows": 99}))
-    with pytest.raises(ManifestError, match="lists 99 rows but its files hold 5"):
+    raw = local_lake.read_commit("raw", "movie_reviews", part)
+    table = local_lake.existing_table("movie_reviews", "raw")
+    with table.transaction() as tx:  # a commit whose record says 99 rows over the same 5
+        with tx.update_snapshot(snapshot_properties=raw.model_copy(update={"rows": 99}).properties()).overwrite():
+            pass
+    with pytest.raises(LakeError, match="says 99 rows but holds 5"):
         run(StageRun.create(tiny_pipeline(), "2026-11-23", lake=local_lake), spark=spark)

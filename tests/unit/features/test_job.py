@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lakeforge.curate import run as run_curate
-from lakeforge.errors import ConfigError, ManifestError
+from lakeforge.errors import ConfigError, LakeError
 from lakeforge.features import FEATURES_COLUMNS, TokenizerSpec, assign_split, features_frame, run, split_stats
 from lakeforge.stage.run import StageRun
 
@@ -67,7 +67,7 @@ def test_features_frame_drops_unknown_labels(arrow_frame):
     assert (result.rows_in, result.rows_out) == (5, 2)
     assert result.counts_by_reason == {"unknown_label": 3}
     assert [s["id"] for s in result.dropped_samples["unknown_label"]] == ["c", "d", "e"]
-    assert tuple(result.kept.columns) == (*FEATURES_COLUMNS, "_truncated")
+    assert tuple(result.kept.columns) == (*FEATURES_COLUMNS, "event_time", "_truncated")
     assert sorted((r["id"], r["label"]) for r in result.kept.collect()) == [("a", 1), ("b", 0)]
     stats = split_stats(result.kept, ["negative", "positive"])
     assert sum(stats["rows_per_split"].values()) == 2
@@ -86,29 +86,32 @@ def test_split_follows_the_cluster_and_near_duplicates_never_cross(arrow_frame):
     assert len(per_cluster) == 7 and all(len(s) == 1 for s in per_cluster.values())
 
 
-def write_news_raw(lake, rows, day="2026-11-23"):
-    """Publish raw rows of a pipeline whose label field ``topic`` carries names and whose extra field
-    ``outlet`` is kept: the raw layer keeps the event's own field names."""
+def write_news_raw(lake, pipeline, rows, day="2026-11-23"):
+    """Commit raw rows of a pipeline whose label field ``topic`` carries names and whose extra field
+    ``outlet`` is kept: the raw table keeps the event's own field names."""
     from datetime import datetime, timezone
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lakeforge.config import Partition
-    from lakeforge.lake import Manifest
+    from lakeforge.config import Partition, PipelineConfig
+    from lakeforge.lake import Commit
 
+    config = PipelineConfig.load(pipeline)
     part = Partition.parse(day)
     schema = pa.schema([("doc", pa.int64()), ("body", pa.string()), ("topic", pa.string()), ("outlet", pa.string()),
                         ("published", pa.timestamp("us", tz="UTC")), ("kafka_topic", pa.string()),
-                        ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
+                        ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
+                        ("kafka_timestamp", pa.timestamp("us", tz="UTC"))])
     full = [{**r, "published": part.start.replace(hour=2), "kafka_topic": "news", "kafka_partition": 0,
-             "kafka_offset": i} for i, r in enumerate(rows)]
-    key = lake.run_key("raw", "news_topics", part, "ingest1") + "/part-00000.parquet"
+             "kafka_offset": i, "kafka_timestamp": part.start.replace(hour=2)} for i, r in enumerate(rows)]
+    key = lake.staging_key(lake.table(config, "raw"), part, "ingest1") + "/part-00000.parquet"
     (lake.root / key).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(full, schema=schema), lake.root / key)
-    lake.publish(Manifest(layer="raw", pipeline="news_topics", partition=part.path, interval=(part.start, part.end),
-                          schema_version=1, run_id="ingest1", files=[lake.describe_file(lake.uri(key))],
-                          rows=len(rows), created_at=datetime(2026, 11, 24, tzinfo=timezone.utc)))
+    lake.publish_files(config, Commit(layer="raw", pipeline=config.name, partition=part.path,
+                                      interval=(part.start, part.end), schema_version=1, run_id="ingest1",
+                                      rows=len(rows), created_at=datetime(2026, 11, 24, tzinfo=timezone.utc)),
+                       [key], started_from=None)
 
 
 def test_string_labels_and_an_extra_field_go_through_curate_and_features(spark, local_lake, tmp_path):
@@ -131,19 +134,19 @@ def test_string_labels_and_an_extra_field_go_through_curate_and_features(spark, 
     rows = [{"doc": i, "body": f"Article {i} about {topics[i % 4]} and more words.", "topic": topics[i % 4],
              "outlet": f"outlet{i % 3}"} for i in range(24)]
     rows.append({"doc": 99, "body": "A story with a topic nobody listed.", "topic": "weather", "outlet": "x"})
-    write_news_raw(local_lake, rows)
+    write_news_raw(local_lake, str(path), rows)
     curated = run_curate(StageRun.create(str(path), "2026-11-23", "c1", lake=local_lake), spark=spark)
-    table = spark.read.parquet(*[f.path for f in curated.files])
-    assert table.columns == ["id", "text", "label", "outlet", "event_time", "text_hash", "cluster_id"]
-    got = {r["id"]: (r["label"], r["outlet"]) for r in table.collect()}
+    table = local_lake.read_table(curated)
+    assert table.column_names == ["id", "text", "label", "outlet", "event_time", "text_hash", "cluster_id"]
+    got = {r["id"]: (r["label"], r["outlet"]) for r in table.to_pylist()}
     assert got["5"] == (1, "outlet2") and got["99"] == (None, "x")  # names -> indices; unknown -> null
 
-    manifest = run(StageRun.create(str(path), "2026-11-23", "f1", lake=local_lake), spark=spark)
-    assert manifest.dropped == {"unknown_label": 1} and manifest.rows == 24
-    assert manifest.stats["labels"] == {t: 6 for t in topics}
-    features = spark.read.parquet(*[f.path for f in manifest.files])
-    assert tuple(features.columns) == (*FEATURES_COLUMNS, "outlet")
-    assert {(r["id"], r["label"], r["outlet"]) for r in features.collect() if r["id"] == "7"} == {("7", 3, "outlet1")}
+    commit = run(StageRun.create(str(path), "2026-11-23", "f1", lake=local_lake), spark=spark)
+    assert commit.dropped == {"unknown_label": 1} and commit.rows == 24
+    assert commit.stats["labels"] == {t: 6 for t in topics}
+    features = local_lake.read_table(commit)
+    assert tuple(features.column_names) == (*FEATURES_COLUMNS, "outlet", "event_time")
+    assert {(r["id"], r["label"], r["outlet"]) for r in features.to_pylist() if r["id"] == "7"} == {("7", 3, "outlet1")}
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -179,39 +182,43 @@ def test_run_publishes_features(spark, local_lake, publish_raw, tiny_pipeline):
     chain = [s for s in yaml.safe_load((PIPELINES_DIR / "movie_reviews.yaml").read_text())["curate"]
              if s["name"] != "near_dedup"]  # the 40 templated reviews are near-duplicates of each other
     pipeline = tiny_pipeline(curate=chain)
-    run_curate(StageRun.create(pipeline, "2026-11-23", "c1", lake=local_lake), spark=spark)
-    manifest = run(StageRun.create(pipeline, "2026-11-23", "f1", lake=local_lake), spark=spark)
-    assert (manifest.layer, manifest.rows, manifest.dropped) == ("features", 40, {"unknown_label": 1})
-    assert manifest.inputs[0]["path"].endswith("curated/movie_reviews/dt=2026-11-23/_MANIFEST.json")
-    assert sum(manifest.stats["rows_per_split"].values()) == 40
-    assert manifest.stats["labels"] == {"negative": 20, "positive": 20}
-    assert manifest.stats["split_ratios"] == RATIOS
-    assert local_lake.read_manifest("features", "movie_reviews", part) == manifest
+    curated = run_curate(StageRun.create(pipeline, "2026-11-23", "c1", lake=local_lake), spark=spark)
+    commit = run(StageRun.create(pipeline, "2026-11-23", "f1", lake=local_lake), spark=spark)
+    assert (commit.layer, commit.table, commit.rows, commit.dropped) == (
+        "features", "movie_reviews.features", 40, {"unknown_label": 1})
+    assert commit.inputs == [curated.ref] == [local_lake.read_commit("curated", "movie_reviews", part).ref]
+    assert sum(commit.stats["rows_per_split"].values()) == 40
+    assert commit.stats["labels"] == {"negative": 20, "positive": 20}
+    assert commit.stats["split_ratios"] == RATIOS
+    assert local_lake.read_commit("features", "movie_reviews", part) == commit.model_copy(
+        update={"stats": {k: v for k, v in commit.stats.items() if k != "dropped_samples"}})
 
-    rows = spark.read.parquet(*[f.path for f in manifest.files])
-    assert tuple(rows.columns) == (*FEATURES_COLUMNS, "source")  # the pipeline's extra field, kept
-    assert {r["source"] for r in rows.collect()} == {"imdb"}
+    # the pipeline's extra field is kept after the features columns, then the partition column
+    assert tuple(local_lake.read_table(commit).column_names) == (*FEATURES_COLUMNS, "source", "event_time")
+    rows = spark.table(f"{local_lake.settings.catalog_name}.movie_reviews.features")
     assert dict(rows.dtypes)["input_ids"] == "array<int>" and dict(rows.dtypes)["num_tokens"] == "int"
     collected = rows.collect()
+    assert {r["source"] for r in collected} == {"imdb"}
     assert len(collected) == 40 and {r["split"] for r in collected} <= set(RATIOS)
     assert all(r["input_ids"][0] == 101 and r["input_ids"][-1] == 102 and r["num_tokens"] == len(r["input_ids"])
                for r in collected)  # [CLS] … [SEP]
-    assert manifest.stats["tokens"]["max_length"] == 128 and manifest.stats["tokens"]["truncated_share"] == 0
-    assert manifest.stats["split_by"] == "cluster_id" and manifest.stats["curate_report"]["html"].endswith("quality.html")
+    assert commit.stats["tokens"]["max_length"] == 128 and commit.stats["tokens"]["truncated_share"] == 0
+    assert commit.stats["split_by"] == "cluster_id" and commit.stats["curate_report"]["html"].endswith("quality.html")
 
 
 def test_run_empty_partition(spark, local_lake, publish_raw, tiny_pipeline):
-    """0 raw rows: curate and features publish manifests with 0 rows and no files."""
+    """0 raw rows: curate and features publish commits with 0 rows and no files."""
     publish_raw([], partition="2026-11-24")
     pipeline = tiny_pipeline()
     curated = run_curate(StageRun.create(pipeline, "2026-11-24", lake=local_lake), spark=spark)
-    assert (curated.rows, curated.files, curated.stats["rows_in"]) == (0, [], 0)
-    manifest = run(StageRun.create(pipeline, "2026-11-24", lake=local_lake), spark=spark)
-    assert (manifest.rows, manifest.files) == (0, [])
-    assert manifest.stats["rows_per_split"] == {"train": 0, "validation": 0, "test": 0}
+    assert (curated.rows, curated.files, curated.stats["rows_in"]) == (0, 0, 0)
+    commit = run(StageRun.create(pipeline, "2026-11-24", lake=local_lake), spark=spark)
+    assert (commit.rows, commit.files) == (0, 0)
+    assert commit.stats["rows_per_split"] == {"train": 0, "validation": 0, "test": 0}
+    assert local_lake.read_table(commit).num_rows == 0 and local_lake.data_files(commit) == []
 
 
 def test_run_without_curated_partition_fails_loudly(spark, local_lake, publish_raw):
     publish_raw([], partition="2026-11-25")
-    with pytest.raises(ManifestError, match="curated"):
+    with pytest.raises(LakeError, match="curated"):
         run(StageRun.create("movie_reviews", "2026-11-25", lake=local_lake), spark=spark)

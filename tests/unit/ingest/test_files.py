@@ -31,6 +31,13 @@ def _stream_files(tmp_path, chunks, name, byte_limit=1 << 20, mkdir=True):
     return lake, stream.files
 
 
+def digests(lake, files):
+    """sha256 of each file's bytes as uploaded."""
+    import hashlib
+
+    return [hashlib.sha256(open(lake.arrow_path(f.key), "rb").read()).hexdigest() for f in files]
+
+
 def test_a_failed_upload_fails_the_drain(tmp_path):
     # without the run directory the local disk refuses the file: the upload thread's error surfaces
     with pytest.raises(FileNotFoundError):
@@ -41,15 +48,14 @@ def test_file_stream_cuts_row_groups_and_files_at_fixed_points(tmp_path):
     import pyarrow.parquet as pq
 
     lake, a = _stream_files(tmp_path, [(0, 3), (3, 50)], "a")
-    _, b = _stream_files(tmp_path, [(0, 13), (13, 14), (14, 41), (41, 50)], "b")
+    other, b = _stream_files(tmp_path, [(0, 13), (13, 14), (14, 41), (41, 50)], "b")
     assert [f.rows for f in a] == [21, 21, 8]  # a file closes after the row group reaching 20 rows
-    assert [f.sha256 for f in a] == [f.sha256 for f in b]  # same bytes whatever the arrival chunks
-    first = pq.ParquetFile(lake.arrow_path(lake.key_of(a[0].path)))
+    assert digests(lake, a) == digests(other, b)  # same bytes whatever the arrival chunks
+    first = pq.ParquetFile(lake.arrow_path(a[0].key))
     assert [first.metadata.row_group(i).num_rows for i in range(first.num_row_groups)] == [7, 7, 7]
-    import hashlib
-
-    data = open(lake.arrow_path(lake.key_of(a[0].path)), "rb").read()
-    assert a[0].sha256 == hashlib.sha256(data).hexdigest() and a[0].size == len(data)
+    # the entries describe the files as uploaded
+    assert [f.size for f in a] == [len(open(lake.arrow_path(f.key), "rb").read()) for f in a]
+    assert [pq.ParquetFile(lake.arrow_path(f.key)).metadata.num_rows for f in a] == [f.rows for f in a]
 
 
 def test_file_stream_closes_row_groups_at_the_byte_limit(tmp_path):
@@ -57,7 +63,7 @@ def test_file_stream_closes_row_groups_at_the_byte_limit(tmp_path):
 
     # rows are 100..106 bytes: 320 bytes close a group at its 4th row (100+101+102+103 >= 320; 104+105+106+100)
     lake, a = _stream_files(tmp_path, [(0, 2), (2, 11)], "a", byte_limit=320)
-    _, b = _stream_files(tmp_path, [(0, 11)], "b", byte_limit=320)
-    assert [f.sha256 for f in a] == [f.sha256 for f in b]
-    f = pq.ParquetFile(lake.arrow_path(lake.key_of(a[0].path)))
+    other, b = _stream_files(tmp_path, [(0, 11)], "b", byte_limit=320)
+    assert digests(lake, a) == digests(other, b)
+    f = pq.ParquetFile(lake.arrow_path(a[0].key))
     assert [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)] == [4, 4, 3]

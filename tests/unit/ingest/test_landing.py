@@ -13,7 +13,7 @@ import pytest
 
 from lakeforge.config import Partition, PipelineConfig
 from lakeforge.ingest.landing import Landing, LateRecordTracker, TopicPartitionLanding, gc_paused
-from lakeforge.lake import Manifest
+from lakeforge.lake import Commit
 from lakeforge.stage.run import StageRun
 
 PIPE = PipelineConfig.load("movie_reviews")
@@ -39,13 +39,12 @@ def event(id_: str, at: datetime) -> bytes:
     return json.dumps({"id": id_, "text": "Great film.", "label": 1, "event_time": at.isoformat()}).encode()
 
 
-def publish(lake, pipeline: PipelineConfig, partition: Partition, offsets: dict[str, list[int]]) -> Manifest:
-    """A published raw manifest (no files) that read ``offsets`` of the pipeline's topic."""
-    manifest = Manifest(layer="raw", pipeline=pipeline.name, partition=partition.path,
-                        interval=(partition.start, partition.end), schema_version=1, run_id="earlier", files=[],
-                        rows=0, kafka_offsets={pipeline.topic: offsets})
-    lake.publish(manifest)
-    return manifest
+def publish(lake, pipeline: PipelineConfig, partition: Partition, offsets: dict[str, list[int]]) -> Commit:
+    """A published raw partition (no rows) whose landing read ``offsets`` of the pipeline's topic."""
+    commit = Commit(layer="raw", pipeline=pipeline.name, partition=partition.path,
+                    interval=(partition.start, partition.end), schema_version=1, run_id="earlier", rows=0,
+                    kafka_offsets={pipeline.topic: offsets})
+    return lake.publish_files(pipeline, commit, [], started_from=None)
 
 
 def utc(day: int, hour: int) -> datetime:
@@ -56,9 +55,9 @@ def test_a_topic_partition_landing_routes_rows_quarantine_and_late_records(local
     stage = StageRun.create(PIPE, "2026-11-23", "r1", lake=local_lake)
     publish(local_lake, PIPE, Partition.parse("2026-11-22"), {"0": [0, 5]})  # read offsets 0..4 of topic-partition 0
     previous = publish(local_lake, PIPE, stage.partition, {"0": [0, 10]})  # this partition's last landing
-    for layer in ("raw", "quarantine"):  # S3 has no directories; a local disk does
-        (local_lake.root / local_lake.run_key(layer, PIPE.name, stage.partition, stage.run_id)).mkdir(parents=True)
     landing = Landing(stage, previous)
+    for prefix in (landing.data_prefix, landing.quarantine_prefix):  # S3 has no directories; a local disk does
+        (local_lake.root / prefix).mkdir(parents=True)
     tp_landing = TopicPartitionLanding(landing, 0, 10, 16)
     tp_landing.process([
         Message(event("a", utc(23, 10)), 10, utc(23, 10)),  # lands: its event time is inside
@@ -76,13 +75,14 @@ def test_a_topic_partition_landing_routes_rows_quarantine_and_late_records(local
     assert (tp_landing.stats.landed, tp_landing.stats.quarantined) == (1, 1)
     assert landing.quarantined == {"malformed_json": 1} and landing.outside == 3
     assert landing.late.late == {"dt=2026-11-22": 1}
-    assert landing.late.manifests["dt=2026-11-21"] is None
+    assert landing.late.commits["dt=2026-11-21"] is None
     assert landing.late_rows == 1  # offset 10 was not in the previous landing, which ended at 10
     [data] = tp_landing.data.files
-    rows = pq.read_table(local_lake.arrow_path(data.path)).to_pylist()
+    rows = pq.read_table(local_lake.arrow_path(data.key)).to_pylist()
     assert [(r["id"], r["kafka_partition"], r["kafka_offset"]) for r in rows] == [("a", 0, 10)]
     [quarantine] = tp_landing.quarantine.files
-    assert pq.read_table(local_lake.arrow_path(quarantine.path)).column("kafka_offset").to_pylist() == [11]
+    quarantined = pq.read_table(local_lake.arrow_path(quarantine.key)).to_pylist()
+    assert [(r["kafka_offset"], r["partition_start"]) for r in quarantined] == [(11, stage.partition.start)]
     assert tp_landing.stats.as_dict(high_now=20)["offset_lag"] == 4
 
 
@@ -93,7 +93,7 @@ def test_late_records_of_an_hourly_pipeline_are_counted_per_hour(local_lake):
     times = pa.array([utc(23, 5).replace(minute=m) for m in (1, 30, 59)] + [utc(23, 6)], pa.timestamp("us", tz="UTC"))
     tracker.see(2, times, pa.array([1, 3, 4, 9], pa.int64()))  # offsets 3 and 4 of hour 05 are beyond its landing
     assert tracker.late == {"dt=2026-11-23/hour=05": 2}
-    assert tracker.manifests["dt=2026-11-23/hour=06"] is None
+    assert tracker.commits["dt=2026-11-23/hour=06"] is None
     tracker.see(1, times, pa.array([7, 8, 9, 10], pa.int64()))  # another topic-partition: that landing read none of it
     assert tracker.late == {"dt=2026-11-23/hour=05": 2}
 

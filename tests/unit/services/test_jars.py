@@ -1,5 +1,5 @@
-"""Unit tests of the jar cache (lakeforge.services.jars), the Kafka broker config and the s3a
-Spark settings. No network, no Maven, no JVM: Maven and java are faked where a test needs them."""
+"""Unit tests of the jar cache (lakeforge.services.jars), the Kafka broker config and the
+spark-submit arguments. No network, no Maven, no JVM: Maven and java are faked where a test needs them."""
 
 from __future__ import annotations
 
@@ -71,12 +71,13 @@ def test_jar_cache_defaults_to_repo_cache(monkeypatch):
 def test_jar_cache_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("LAKEFORGE_JAR_CACHE", str(tmp_path / "c"))
     assert jars.jar_cache() == (tmp_path / "c").resolve()
-    assert jars.jar_dir("s3a") == (tmp_path / "c" / "s3a").resolve()
+    assert jars.jar_dir("iceberg") == (tmp_path / "c" / "iceberg").resolve()
 
 
-def test_unknown_kind_is_refused():
-    with pytest.raises(ValueError, match="unknown jar set 'flink'"):
-        jars.pom_path("flink")
+@pytest.mark.parametrize("kind", ["flink", "s3a"])  # s3a: Spark loads no Hadoop S3 connector any more
+def test_unknown_kind_is_refused(kind):
+    with pytest.raises(ValueError, match=f"unknown jar set '{kind}'"):
+        jars.pom_path(kind)
 
 
 def test_real_poms_exist():
@@ -136,16 +137,16 @@ def test_resolve_is_idempotent_and_redone_when_pom_changes(jvm_dir, fake_tools):
 
 
 def test_marker_without_jars_is_not_resolved(jvm_dir):
-    d = jars.jar_dir("s3a")
+    d = jars.jar_dir("iceberg")
     d.mkdir(parents=True)
-    (d / jars.MARKER).write_text(jars.pom_sha256("s3a"))
-    assert not jars.is_resolved("s3a")
+    (d / jars.MARKER).write_text(jars.pom_sha256("iceberg"))
+    assert not jars.is_resolved("iceberg")
 
 
 def test_classpath_and_spark_jars(jvm_dir, fake_tools):
     cp = jars.kafka_classpath()
     assert cp == str(jars.jar_dir("kafka") / "fake-1.0.jar")
-    assert jars.spark_jars() == [jars.jar_dir("s3a") / "fake-1.0.jar", jars.jar_dir("iceberg") / "fake-1.0.jar"]
+    assert jars.spark_jars() == [jars.jar_dir("iceberg") / "fake-1.0.jar"]  # Iceberg only: no hadoop-aws
 
 
 def test_maven_failure_shows_its_tail(jvm_dir, fake_tools):
@@ -192,7 +193,7 @@ def test_kafka_server_properties(tmp_path):
     assert len(cid) == 22 and "=" not in cid
 
 
-# -- Spark s3a settings ------------------------------------------------------------------------
+# -- spark-submit arguments ---------------------------------------------------------------------
 
 
 def _settings(**kw) -> Settings:
@@ -201,51 +202,41 @@ def _settings(**kw) -> Settings:
     return Settings(**{**base, **kw})
 
 
-def test_s3a_conf_for_http_endpoint():
-    from lakeforge.spark import s3a_conf
-
-    conf = s3a_conf(_settings())
-    h = "spark.hadoop.fs.s3a."
-    assert conf[h + "endpoint"] == "http://127.0.0.1:8333"
-    assert conf[h + "path.style.access"] == "true"
-    assert conf[h + "connection.ssl.enabled"] == "false"
-    assert conf[h + "impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
-    assert all(k.startswith("spark.hadoop.") for k in conf)
-    # no secret anywhere: these end up on spark-submit's command line
-    assert not any("AKIDUNIT" in v or "s3cr3t-unit" in v for v in conf.values())
-    assert not any(k.endswith(("access.key", "secret.key")) for k in conf)
-
-
-def test_s3a_conf_https_turns_ssl_on():
-    from lakeforge.spark import s3a_conf
-
-    conf = s3a_conf(_settings(s3_endpoint="https://s3.example.com"))
-    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
-
-
-def test_s3a_conf_needs_an_endpoint():
-    from lakeforge.spark import s3a_conf
-
-    with pytest.raises(MissingSecretError, match="LAKEFORGE_S3_ENDPOINT"):
-        s3a_conf(_settings(s3_endpoint=None))
-
-
 def test_submit_kwargs_keep_secrets_in_env(jvm_dir, fake_tools, monkeypatch):
     from lakeforge.spark import submit_kwargs
 
     monkeypatch.delenv("LAKEFORGE_SPARK_JARS_MODE", raising=False)
     kw = submit_kwargs(_settings())
-    jar = os.pathsep.join(str(jars.jar_dir(k) / "fake-1.0.jar") for k in ("s3a", "iceberg"))
+    jar = str(jars.jar_dir("iceberg") / "fake-1.0.jar")
     assert kw["driver_class_path"] == jar and "jars" not in kw
     assert kw["conf"]["spark.executor.extraClassPath"] == jar
     assert kw["env_vars"]["LAKEFORGE_S3_SECRET_ACCESS_KEY"] == "s3cr3t-unit"
     assert kw["env_vars"]["PYSPARK_PYTHON"] == sys.executable
     assert kw["conf"]["spark.pyspark.python"] == sys.executable
     assert not any("s3cr3t-unit" in v or "AKIDUNIT" in v for v in kw["conf"].values())
+    assert not any(k.startswith("spark.hadoop.fs.s3a.") for k in kw["conf"])  # no Hadoop S3 connector
 
     monkeypatch.setenv("LAKEFORGE_SPARK_JARS_MODE", "jars")
     kw = submit_kwargs(_settings())
     assert kw["jars"] == jar.replace(os.pathsep, ",") and "driver_class_path" not in kw
+
+
+def test_submit_kwargs_name_the_catalog_and_keep_its_password_in_env(jvm_dir, fake_tools):
+    from lakeforge.spark import submit_kwargs
+
+    uri = "postgresql+psycopg2://lakeforge_catalog:pw-unit@127.0.0.1:5433/lakeforge_catalog"
+    kw = submit_kwargs(_settings(catalog_uri=uri))
+    assert kw["conf"]["spark.sql.catalog.lakeforge.uri"] == "jdbc:postgresql://127.0.0.1:5433/lakeforge_catalog"
+    assert kw["conf"]["spark.sql.catalog.lakeforge.io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO"
+    assert kw["env_vars"]["LAKEFORGE_CATALOG_URI"] == uri and kw["env_vars"]["LAKEFORGE_CATALOG_NAME"] == "lakeforge"
+    assert not any("pw-unit" in v or "s3cr3t-unit" in v for v in kw["conf"].values())
+
+
+def test_submit_kwargs_need_an_endpoint():
+    from lakeforge.spark import submit_kwargs
+
+    with pytest.raises(MissingSecretError, match="LAKEFORGE_S3_ENDPOINT"):
+        submit_kwargs(_settings(s3_endpoint=None))
 
 
 def test_bad_jars_mode(monkeypatch):

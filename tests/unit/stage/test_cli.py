@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lakeforge.config import REPO_ROOT, Partition
 from lakeforge.errors import DataQualityError
-from lakeforge.lake import Manifest
+from lakeforge.lake import Commit
 from lakeforge.stage.cli import spark_stage_app
 from lakeforge.stage.run import GATE_FAILED_EXIT, StageRun
 from lakeforge.stage.spark_io import SparkStageOptions
@@ -23,12 +23,12 @@ def test_job_cli_prints_json_summary_last(monkeypatch, tmp_path, job):
 
     def fake_run(stage, options):
         seen["stage"], seen["options"] = stage, options
-        return Manifest(layer="curated" if job == "curate" else "features", pipeline=stage.pipeline.name,
-                        partition="dt=2026-11-23", run_id=stage.run_id, files=[], rows=0, schema_version=1,
-                        interval=(datetime(2026, 11, 23, tzinfo=timezone.utc), datetime(2026, 11, 24, tzinfo=timezone.utc)))
+        return Commit(layer="curated" if job == "curate" else "features", pipeline=stage.pipeline.name,
+                      partition="dt=2026-11-23", run_id=stage.run_id, rows=0, schema_version=1, snapshot_id=7,
+                      interval=(datetime(2026, 11, 23, tzinfo=timezone.utc),
+                                datetime(2026, 11, 24, tzinfo=timezone.utc)))
 
     monkeypatch.setenv("LAKEFORGE_HOME", str(tmp_path))
-    monkeypatch.delenv("LAKEFORGE_S3_BUCKET", raising=False)
     # the entry point file is only the call of the shared CLI with its stage's run
     source = (REPO_ROOT / "jobs" / f"{job}.py").read_text()
     assert f'main("{job}", run)' in source and f"from lakeforge.{job} import run" in source
@@ -38,8 +38,8 @@ def test_job_cli_prints_json_summary_last(monkeypatch, tmp_path, job):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     layer = "curated" if job == "curate" else "features"
-    assert summary["manifest"] == f"s3://lakeforge/{layer}/movie_reviews/dt=2026-11-23/_MANIFEST.json"
-    assert summary["rows"] == 0
+    assert (summary["table"], summary["snapshot_id"]) == (f"movie_reviews.{layer}", 7)
+    assert summary["rows"] == 0 and summary["files"] == 0
     # each attempt writes under its own prefix: the Airflow run id made path-safe, plus a suffix
     assert seen["stage"].run_id.startswith("scheduled__2026-11-23T00_00_00_00_00-")
     assert seen["stage"].partition == Partition.parse("2026-11-23") and seen["options"] == SparkStageOptions()

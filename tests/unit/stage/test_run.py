@@ -1,4 +1,4 @@
-"""The stage contract: StageRun built once, the one run-id sanitizer, the one manifest summary."""
+"""The stage contract: StageRun built once, the one run-id sanitizer, the one commit summary."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from lakeforge.config import Partition, PipelineConfig
 from lakeforge.errors import ConfigError
-from lakeforge.lake import FileEntry, Manifest
+from lakeforge.lake import Commit
 from lakeforge.stage.run import StageRun, new_run_id, safe_run_id, summarize
 
 
@@ -50,31 +50,32 @@ def test_create_parses_by_the_pipelines_granularity_and_fails_loudly(tmp_path, l
     assert StageRun.create(hourly, "2026-11-23T05", lake=local_lake).partition.path == "dt=2026-11-23/hour=05"
 
 
-def manifest(**stats):
+def commit(**stats):
     day = datetime(2026, 11, 23, tzinfo=timezone.utc)
-    return Manifest(layer="curated", pipeline="movie_reviews", partition="dt=2026-11-23",
-                    interval=(day, day.replace(day=24)), schema_version=1, run_id="c1", rows=7,
-                    files=[FileEntry(path="s3://lakeforge/x.parquet", size=1, sha256="0", rows=7)],
-                    dropped={"too_short": 2}, quarantined={"malformed_json": 1, "oversize": 2}, stats=stats)
+    return Commit(layer="curated", pipeline="movie_reviews", partition="dt=2026-11-23",
+                  interval=(day, day.replace(day=24)), schema_version=1, run_id="c1", rows=7, files=1,
+                  snapshot_id=4242, dropped={"too_short": 2}, quarantined={"malformed_json": 1, "oversize": 2},
+                  stats=stats)
 
 
-def test_summarize_names_the_manifest_and_its_figures(local_lake):
+def test_summarize_names_the_commit_and_its_figures(local_lake):
     report = {"json": local_lake.uri("reports/q.json"), "html": local_lake.uri("reports/q.html")}
-    summary = summarize(manifest(rows_per_split={"train": 5}, report=report, steps=["not in the summary"]), local_lake)
-    assert summary["manifest"] == local_lake.uri("curated/movie_reviews/dt=2026-11-23/_MANIFEST.json")
+    summary = summarize(commit(rows_per_split={"train": 5}, report=report, steps=["not in the summary"]), local_lake)
+    assert (summary["table"], summary["snapshot_id"]) == ("movie_reviews.curated", 4242)
+    assert "manifest" not in summary
     assert (summary["layer"], summary["partition"], summary["run_id"], summary["rows"], summary["files"]) == (
         "curated", "dt=2026-11-23", "c1", 7, 1)
     assert summary["dropped"] == {"too_short": 2} and summary["quarantined_total"] == 3
     assert summary["rows_per_split"] == {"train": 5} and "steps" not in summary
     assert (summary["report_json"], summary["report_html"]) == (report["json"], report["html"])
     assert "report_url" not in summary
-    assert summarize(manifest(report=report), local_lake, presign=True)["report_url"] == report["html"]
+    assert summarize(commit(report=report), local_lake, presign=True)["report_url"] == report["html"]
 
 
 def test_summarize_of_a_landing_keeps_lag_and_volume_per_topic_partition(local_lake):
     tps = {"0": {"landed": 5, "quarantined": 1, "bytes": 10, "offset_lag": 0, "first": 0, "end": 6,
                  "max_timestamp_ms": 1}}
-    m = manifest(topic_partitions=tps, late_partitions={"dt=2026-11-22": 3}, late_rows=0, msgs_per_s=9, seconds=1.5)
+    m = commit(topic_partitions=tps, late_partitions={"dt=2026-11-22": 3}, late_rows=0, msgs_per_s=9, seconds=1.5)
     m = m.model_copy(update={"layer": "raw", "kafka_offsets": {"t": {"0": [0, 6]}}})
     summary = summarize(m, local_lake)
     assert summary["topic_partitions"] == {"0": {k: v for k, v in tps["0"].items() if k != "max_timestamp_ms"}}
@@ -84,4 +85,4 @@ def test_summarize_of_a_landing_keeps_lag_and_volume_per_topic_partition(local_l
 
 def test_features_summary_links_the_curation_report(local_lake):
     report = {"json": "s3://lakeforge/q.json", "html": "s3://lakeforge/q.html"}
-    assert summarize(manifest(curate_report=report), local_lake)["report"] == report
+    assert summarize(commit(curate_report=report), local_lake)["report"] == report

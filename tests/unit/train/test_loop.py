@@ -1,4 +1,4 @@
-"""Training on a local lake (same manifests and publish protocol as S3) with the real MiniLM and a SQLite MLflow.
+"""Training on a local lake (the same Iceberg tables and commits as on S3) with the real MiniLM and a SQLite MLflow.
 
 A CPU smoke run through the whole stage (stream -> train -> checkpoint -> evaluate -> log -> register
 fine-tune + baseline), and an exact-resume check: a run resumed from a mid-training checkpoint ends
@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from lakeforge.config import Partition, PipelineConfig
 from lakeforge.errors import ConfigError
-from lakeforge.lake import Manifest
+from lakeforge.lake import Commit
 from lakeforge.stage.run import StageRun
 from lakeforge.train import TrainConfig, run
 from lakeforge.train import checkpoint as ckpt
@@ -57,34 +57,38 @@ TINY = {"batch_size": 8, "max_length": 32, "checkpoint_interval": 2, "eval_inter
 
 
 def features_table() -> pa.Table:
-    """40 rows: 12+12 train, 4+4 validation, 4+4 test (the features contract before curation adds tokens)."""
+    """40 rows: 12+12 train, 4+4 validation, 4+4 test (the features contract before curation adds tokens),
+    and the event time the features table is partitioned by."""
     rows = []
+    at = Partition.parse(PARTITION).start.replace(hour=1)
     for label, texts in ((1, POSITIVE), (0, NEGATIVE)):
         for i, text in enumerate(texts):
             split = "train" if i < 12 else "validation" if i < 16 else "test"
-            rows.append({"id": f"{label}-{i}", "text": text, "label": label, "split": split})
+            rows.append({"id": f"{label}-{i}", "text": text, "label": label, "split": split, "event_time": at})
     return pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("text", pa.string()),
-                                                          ("label", pa.int64()), ("split", pa.string())]))
+                                                          ("label", pa.int64()), ("split", pa.string()),
+                                                          ("event_time", pa.timestamp("us", tz="UTC"))]))
 
 
 def publish(lake, layer: str, table: pa.Table | None, partition: str = PARTITION, *, inputs=(), stats=None,
-            files: int = 1, row_group_size: int | None = None) -> Manifest:
-    """Write ``table`` as ``files`` Parquet files under a run prefix and publish their manifest."""
+            files: int = 1, row_group_size: int | None = None) -> Commit:
+    """Write ``table`` as ``files`` Parquet files into the layer's table and commit them as the partition."""
+    pipeline = PipelineConfig.load("movie_reviews")
     part = Partition.parse(partition)
-    entries = []
+    keys = []
     if table is not None:
         per = -(-table.num_rows // files)
+        prefix = lake.staging_key(lake.table(pipeline, layer), part, "r1")
         for i in range(files):
-            key = lake.run_key(layer, "movie_reviews", part, "r1") + f"/part-{i:05d}.parquet"
+            key = f"{prefix}/part-{i:05d}.parquet"
             path = lake.root / key
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table.slice(i * per, per), path, row_group_size=row_group_size)
-            entries.append(lake.describe_file(lake.uri(key)))
-    manifest = Manifest(layer=layer, pipeline="movie_reviews", partition=part.path, interval=(part.start, part.end),
-                        schema_version=1, run_id="r1", files=entries, rows=sum(f.rows for f in entries),
-                        inputs=list(inputs), stats=stats or {}, created_at=datetime(2026, 11, 24, tzinfo=timezone.utc))
-    lake.publish(manifest)
-    return manifest
+            keys.append(key)
+    commit = Commit(layer=layer, pipeline=pipeline.name, partition=part.path, interval=(part.start, part.end),
+                    schema_version=1, run_id="r1", rows=table.num_rows if table is not None else 0,
+                    inputs=list(inputs), stats=stats or {}, created_at=datetime(2026, 11, 24, tzinfo=timezone.utc))
+    return lake.publish_files(pipeline, commit, keys, started_from=None)
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +110,7 @@ def lake_with_features(tmp_path_factory, make_lake):
     report_key = "reports/movie_reviews/dt=2026-11-23/quality.json"
     (lake.root / report_key).parent.mkdir(parents=True, exist_ok=True)
     (lake.root / report_key).write_text(json.dumps({"rows": 40}))
-    publish(lake, "curated", None, stats={"report": {"json": lake.uri(report_key)}})
-    curated_ref = lake.manifest_ref("curated", "movie_reviews", Partition.parse(PARTITION))
+    curated_ref = publish(lake, "curated", None, stats={"report": {"json": lake.uri(report_key)}}).ref
     publish(lake, "features", features_table(), inputs=[curated_ref], files=2)
     return lake, curated_ref
 
@@ -144,7 +147,7 @@ def test_run_is_logged_with_lineage(trained):
     assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [2, 4]
     lrs = [m.value for m in client.get_metric_history(result.run_id, "lr")]
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] < lrs[0]  # warmup 1 step (10 % of 4, rounded up), then decay
-    features_ref = lake.manifest_ref("features", "movie_reviews", Partition.parse(PARTITION))
+    features_ref = lake.read_commit("features", "movie_reviews", Partition.parse(PARTITION)).ref
     assert json.loads(r.data.tags["lakeforge.inputs"]) == [features_ref]
     assert json.loads(r.data.tags["lakeforge.upstream_inputs"]) == [curated_ref]
     assert (r.data.tags["airflow.dag_id"], r.data.tags["airflow.run_id"]) == ("dag_x", "manual__1")
@@ -184,6 +187,27 @@ def test_finetune_and_baseline_are_registered_candidates(trained):
     assert isinstance(inner, TextClassifierPyfunc)
     assert isinstance(inner.model, MeanPooledBertForSequenceClassification)
     assert inner.tokenizer.truncation_side == "left"  # the saved tokenizer keeps a review's end
+
+
+def test_registered_versions_keep_and_trace_the_snapshots_they_trained_on(trained):
+    from lakeforge.config import Settings
+    from lakeforge.lake import model_tag
+    from lakeforge.lineage import model_lineage, render
+
+    uri, result, lake, curated_ref = trained
+    name = PipelineConfig.load("movie_reviews").model.registered_name
+    features = lake.read_commit("features", "movie_reviews", Partition.parse(PARTITION))
+    for cand in result.candidates:  # expiry keeps what each version trained on, down the chain
+        tag = model_tag(name, cand["version"])
+        assert lake.existing_table("movie_reviews", "features").metadata.refs[tag].snapshot_id == features.snapshot_id
+        assert lake.existing_table("movie_reviews", "curated").metadata.refs[tag].snapshot_id == \
+            curated_ref["snapshot_id"]
+    found = model_lineage(f"{name}/{result.version}", Settings(home=lake.root, mlflow_uri=uri), lake)
+    assert (found["version"], found["run_id"]) == (result.version, result.run_id)
+    (chain,) = found["inputs"]
+    assert [(c["table"], c["snapshot_id"]) for c in chain] == [
+        ("movie_reviews.features", features.snapshot_id), ("movie_reviews.curated", curated_ref["snapshot_id"])]
+    assert f"movie_reviews.features dt=2026-11-23 @ snapshot {features.snapshot_id}: 40 rows" in render(found)
 
 
 def test_success_leaves_only_the_result(trained):
