@@ -90,7 +90,10 @@ class PostgresService(ProcessService):
         info = pgutils.PostmasterInfo.read_from_pgdata(self.pgdata)
         if info is None:
             raise ServiceError(f"postgres is not running (no postmaster.pid in {self.pgdata})")
-        return info.get_uri(database=database)
+        uri = info.get_uri(database=database)
+        # the socket is named after the port (.s.PGSQL.<port>): without it libpq looks for 5432's, which
+        # is another state dir's server whenever this one had to take another port
+        return f"{uri}&port={info.port}" if info.socket_dir is not None and info.port else uri
 
     def sqlalchemy_uri(self, database: str) -> str:
         return self.uri(database).replace("postgresql://", "postgresql+psycopg2://", 1)
