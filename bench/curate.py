@@ -193,62 +193,69 @@ def union_groups(edges, universe) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def run_lakeforge(docs: list[dict], cores: int) -> dict:
+    """The curate job on a local lake (the same Iceberg tables as on S3, in a SQLite catalog): the raw
+    partition is committed first (untimed, as a landing would), then the timed run reads it, curates it
+    and commits the excluded, dedup-index and curated partitions to their tables."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lakeforge.config import Partition
+    from lakeforge.config import Partition, PipelineConfig
     from lakeforge.curate import run
-    from lakeforge.lake import LocalLake, Manifest
+    from lakeforge.ingest.records import raw_schema
+    from lakeforge.lake import Commit, LocalLake
     from lakeforge.stage.run import StageRun
     from lakeforge.stage.spark_io import SparkStageOptions
 
     root = WORK / "lake"
     shutil.rmtree(root, ignore_errors=True)
     lake = LocalLake(root)
+    pipeline = PipelineConfig.load(str(REPO / "bench" / "bench_reviews.yaml"))
     part = Partition.parse("2026-11-20")
-    key = lake.run_key("raw", "bench_reviews", part, "ingest")
-    (root / key).mkdir(parents=True)
-    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.int64()), ("source", pa.string()),
-                        ("event_time", pa.timestamp("us", tz="UTC")), ("kafka_topic", pa.string()),
-                        ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64())])
+    prefix = lake.staging_key(lake.table(pipeline, "raw"), part, "ingest")
+    (root / prefix).mkdir(parents=True)
+    schema = raw_schema(pipeline)
     t = part.start + timedelta(hours=1)
-    files = []
+    keys = []
     chunk = 100_000
     for n, lo in enumerate(range(0, len(docs), chunk)):
         rows = [{"id": d["id"], "text": d["text"], "label": d["label"], "source": "bench", "event_time": t,
-                 "kafka_topic": "bench", "kafka_partition": 0, "kafka_offset": lo + j}
+                 "kafka_topic": "bench", "kafka_partition": 0, "kafka_offset": lo + j, "kafka_timestamp": t}
                 for j, d in enumerate(docs[lo:lo + chunk])]
-        path = f"{key}/part-{n:05d}.parquet"
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), root / path, row_group_size=20_000)
-        files.append(lake.describe_file(lake.uri(path)))
-    lake.publish(Manifest(layer="raw", pipeline="bench_reviews", partition=part.path, interval=(part.start, part.end),
-                          schema_version=1, run_id="ingest", files=files, rows=len(docs)))
+        key = f"{prefix}/part-{n:05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), root / key, row_group_size=20_000)
+        keys.append(key)
+    lake.publish_files(pipeline, Commit(layer="raw", pipeline=pipeline.name, partition=part.path,
+                                        interval=(part.start, part.end), schema_version=pipeline.schema_version,
+                                        run_id="ingest", rows=len(docs)), keys, started_from=None)
 
     t0 = time.monotonic()
     spark = bench_spark(cores)
     jvm_s = time.monotonic() - t0
     t0 = time.monotonic()
-    stage = StageRun.create(str(REPO / "bench" / "bench_reviews.yaml"), part, "bench", lake=lake)
-    manifest = run(stage, SparkStageOptions(rows_per_file=150_000), spark=spark)
+    stage = StageRun.create(pipeline, part, "bench", lake=lake)
+    commit = run(stage, SparkStageOptions(rows_per_file=150_000), spark=spark)  # Iceberg commits included
     seconds = time.monotonic() - t0
-    kept = pq.read_table(lake.arrow_path(manifest.files[0].path), columns=["id"]).column("id").to_pylist() if manifest.files else []
-    excluded = [pq.read_table(lake.arrow_path(f["path"]), columns=["id", "reason", "duplicate_of"]).to_pylist()
-                for f in manifest.stats["excluded"]["files"]]
-    excluded = [r for t in excluded for r in t]
+    kept = lake.read_table(commit, columns=["id"]).column("id").to_pylist()
+    excluded = lake.read_table(lake.read_commit("excluded", pipeline.name, part),
+                               columns=["id", "reason", "duplicate_of"]).to_pylist()
     spark.stop()
-    return {"seconds": seconds, "jvm_start_s": jvm_s, "rows_out": manifest.rows, "dropped": manifest.dropped,
-            "kept": kept, "excluded": excluded, "dedup": manifest.stats["dedup"]}
+    return {"seconds": seconds, "jvm_start_s": jvm_s, "rows_out": commit.rows, "dropped": commit.dropped,
+            "kept": kept, "excluded": excluded, "dedup": commit.stats["dedup"]}
 
 
 def bench_spark(cores: int):
-    """The settings every lakeforge job runs with (``base_conf``), sized for the benchmark's corpus."""
+    """The settings every lakeforge job runs with (``base_conf``, the Iceberg jars and SQL extensions;
+    the stage attaches the lake's catalog at run time), sized for the benchmark's corpus."""
     from pyspark.sql import SparkSession
 
-    from lakeforge.spark import base_conf
+    from lakeforge.catalog import SPARK_EXTENSIONS
+    from lakeforge.spark import _spark_jar_paths, base_conf
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    jars = os.pathsep.join(_spark_jar_paths())
     conf = {**base_conf(), "spark.driver.memory": "8g", "spark.sql.shuffle.partitions": str(4 * cores),
-            "spark.sql.execution.arrow.maxRecordsPerBatch": "2000"}
+            "spark.sql.execution.arrow.maxRecordsPerBatch": "2000", "spark.driver.extraClassPath": jars,
+            "spark.executor.extraClassPath": jars, "spark.sql.extensions": SPARK_EXTENSIONS}
     builder = SparkSession.builder.master(f"local[{cores}]").appName("bench-curate")
     for k, v in conf.items():
         builder = builder.config(k, v)

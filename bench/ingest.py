@@ -7,7 +7,7 @@ Kafka started):
    one day of a 3-partition topic, and ``--big`` events into a second topic;
 2. ``--trials`` times, alternating so all see the same machine load: ``kcat -C -e`` reads the
    whole first topic to /dev/null; ``lakeforge ingest --force`` lands the same records (parse,
-   validate, quarantine, Parquet zstd to S3, manifest) in a fresh process; and a *floor*, the least
+   validate, quarantine, Parquet zstd to S3, Iceberg commits) in a fresh process; and a *floor*, the least
    any landing to this S3 store does: ``kcat | zstd -1 | upload`` (the values as they are, compressed
    at Parquet's default zstd level, streamed to one S3 object; no parsing, no columns);
 3. land the big topic once, for the peak RSS at 4x the records (memory must not grow with them);
@@ -15,7 +15,7 @@ Kafka started):
 
 Rates are records consumed per second of each command's wall time (process start to exit, so
 lakeforge's Python start-up counts against it); ``lakeforge_in_run_msgs_per_s`` is the landing's
-own figure from its manifest. Peak RSS is the landing process's ``ru_maxrss``. Absolute figures on a
+own figure from its commit. Peak RSS is the landing process's ``ru_maxrss``. Absolute figures on a
 shared 2-core machine are noise; read the ratios.
 
 ``cpu_s`` says where the machine's time went in each command's window: CPU seconds of the command

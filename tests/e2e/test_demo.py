@@ -41,19 +41,24 @@ def test_lineage_from_model_back_to_kafka_offsets(demo, settings):
 
     lake = Lake(settings)
     part = Partition.parse(demo.partition)
-    raw = lake.read_manifest("raw", "movie_reviews", part)
-    curated = lake.read_manifest("curated", "movie_reviews", part)
-    features = lake.read_manifest("features", "movie_reviews", part)
+    raw = lake.read_commit("raw", "movie_reviews", part)
+    curated = lake.read_commit("curated", "movie_reviews", part)
+    features = lake.read_commit("features", "movie_reviews", part)
     assert raw.rows > 0 and raw.kafka_offsets["movie_reviews.events"]
-    assert curated.inputs == [lake.manifest_ref("raw", "movie_reviews", part)]
-    assert features.inputs == [lake.manifest_ref("curated", "movie_reviews", part)]
+    assert curated.inputs == [raw.ref]  # the raw table's snapshot curate read
+    assert features.inputs == [curated.ref]
     assert 0 < features.rows <= curated.rows <= raw.rows
 
     client = mlflow.MlflowClient(settings.mlflow_uri)
     version = client.get_model_version_by_alias("movie_reviews_sentiment", "champion")
     run = client.get_run(version.run_id)
     inputs = json.loads(run.data.tags["lakeforge.inputs"])
-    assert lake.manifest_ref("features", "movie_reviews", part) in inputs
+    assert features.ref in inputs
+    # and back: the snapshots the refs name are readable, down to the Kafka offsets
+    trained_on = lake.commit_of(features.ref)
+    (curated_ref,) = trained_on.inputs
+    (raw_ref,) = lake.commit_of(curated_ref).inputs
+    assert lake.commit_of(raw_ref).kafka_offsets == raw.kafka_offsets
     assert run.data.tags.get("airflow.dag_id") == "movie_reviews"
     assert "test_accuracy" in run.data.metrics
 

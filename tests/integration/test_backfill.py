@@ -3,8 +3,10 @@
 The land-only pipeline `itest_backfill` (tests/pipelines/itest_backfill.yaml, on the pipeline path
 under pytest) gets 7 days of events with faults, plus a clean day after them so all 7 are complete.
 The backfill's runs go through the whole landing path: the completeness sensor, `land_events` with
-the PostgreSQL lock, Parquet + manifest in S3, quarantine. The 7 published partitions must hold
-exactly the producer's ground truth: every landed id once, every quarantined record counted.
+the PostgreSQL lock, Parquet in S3 committed to the raw and quarantine Iceberg tables (up to 7 runs
+committing different partitions of the same tables at once). The 7 published partitions must hold
+exactly the producer's ground truth: every landed id once, every quarantined record counted, in
+the raw table and in the quarantine table.
 """
 
 from __future__ import annotations
@@ -106,18 +108,23 @@ def test_backfill_of_7_days_publishes_exactly_the_ground_truth(services, setting
     lake = Lake(settings)
     landed: list[str] = []
     quarantined: Counter[str] = Counter()
+    quarantine_rows: Counter[str] = Counter()
     for day in DAYS:
-        m = lake.read_manifest("raw", DAG, Partition.parse(day))
+        m = lake.read_commit("raw", DAG, Partition.parse(day))
         assert m.run_id.startswith("backfill__"), m.run_id  # written by the backfill's run, not by hand
         ids = lake.read_table(m, columns=["id"]).column("id").to_pylist()
         want = sorted(t["id"] for t in truth if t["partition"] == f"dt={day}" and t["outcome"] == "landed")
         assert sorted(ids) == want, day
         landed += ids
         quarantined.update(m.quarantined)
+        q = lake.read_commit("quarantine", DAG, Partition.parse(day))
+        assert (q.run_id, q.snapshot_id) == (m.run_id, m.stats["quarantine_snapshot_id"])
+        quarantine_rows.update(lake.read_table(q, columns=["reason"]).column("reason").to_pylist())
     # the union of the 7 partitions is the ground truth: each landed record exactly once
     assert len(landed) == len(set(landed))
     assert sorted(landed) == sorted(t["id"] for t in truth if t["outcome"] == "landed")
     assert quarantined == Counter(t["fault"] for t in truth if t["outcome"] == "quarantined")
+    assert quarantine_rows == quarantined  # the rows are in <pipeline>.quarantine, with their reasons
     assert sum(quarantined.values()) > 0
 
 
@@ -137,7 +144,7 @@ def test_late_records_are_relanded_by_a_triggered_run(services, settings, truth,
     task triggers a run for that day, and the re-landed partition holds them exactly once."""
     lake = Lake(settings)
     first = Partition.parse(DAYS[0])
-    before = lake.read_manifest("raw", DAG, first)
+    before = lake.read_commit("raw", DAG, first)
     k = late_batches(topic_size(settings, PipelineConfig.load(DAG).topic))
     late = late_events(k)
     assert {t["partition"] for t in late} == {f"dt={DAYS[0]}"}
@@ -163,9 +170,13 @@ def test_late_records_are_relanded_by_a_triggered_run(services, settings, truth,
     (child,) = relanded()[:1] or [None]
     assert child is not None, "reland_late triggered no run for the late partition"
     assert airflow.wait_run(DAG, child["dag_run_id"], timeout=300, check=services.check_alive) == "success"
-    after = lake.read_manifest("raw", DAG, first)
+    after = lake.read_commit("raw", DAG, first)
     ids = lake.read_table(after, columns=["id"]).column("id").to_pylist()
     want = {t["id"] for t in truth + late if t["partition"] == f"dt={DAYS[0]}" and t["outcome"] == "landed"}
     assert set(ids) == want and len(ids) == len(set(ids))
     assert after.stats["late_rows"] == LATE
     assert after.run_id != before.run_id and after.stats["forced"]
+    # the re-landing is a new commit; the partition as it was before stays readable at its snapshot
+    assert after.snapshot_id != before.snapshot_id
+    old_ids = lake.read_table(before, columns=["id"]).column("id").to_pylist()
+    assert len(old_ids) == before.rows and set(old_ids) < set(ids) and len(ids) == len(old_ids) + LATE

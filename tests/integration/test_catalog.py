@@ -1,5 +1,6 @@
 """The lake's Iceberg catalog on the real services: the JDBC/SQL catalog in the embedded PostgreSQL
-(over loopback TCP, with a password), data on SeaweedFS, pyiceberg and Spark sharing one catalog."""
+(over loopback TCP, with a password), data on SeaweedFS, pyiceberg and Spark sharing one catalog, and
+``Lake.publish_files`` (one commit per partition, rival runs detected) on top of it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from lakeforge.catalog import (LAYERS, PARTITION_KEY, RUN_ID_KEY, ensure_table, ensure_tables, load_catalog,
-                               publish_partition, spark_table, table_name, tag_snapshot)
+from lakeforge.catalog import LAYERS, ensure_table, ensure_tables, load_catalog, spark_table, table_name, tag_snapshot
 from lakeforge.config import Partition, PipelineConfig
 from lakeforge.errors import PublishConflictError
+from lakeforge.lake import PARTITION_KEY, RUN_ID_KEY, Commit, Lake
 
 pytestmark = pytest.mark.integration
 
@@ -106,28 +108,44 @@ def test_spark_and_pyiceberg_share_the_catalog(catalog, pipeline, settings):
     assert raw.scan(row_filter=day_filter(pipeline, DAY2)).to_arrow().num_rows == 5
 
 
-def curated_rows(table, day: datetime, ids: range) -> pa.Table:
-    n = len(ids)
-    return pa.table({
-        "id": [f"c{i}" for i in ids], "text": ["t"] * n, "label": [0] * n, "source": ["x"] * n,
-        "event_time": [day] * n, "text_hash": ["h"] * n, "cluster_id": ["k"] * n,
-    }).cast(table.schema().as_arrow())
+def stage_rows(lake: Lake, table, partition: Partition, run_id: str, rows: list[dict]) -> list[str]:
+    """Write ``rows`` (dicts; missing columns null) as one Parquet file in the table's schema where a
+    run of ``partition`` stages its files; return its key (what :meth:`Lake.publish_files` commits)."""
+    key = lake.staging_key(table, partition, run_id) + "/part-00000.parquet"
+    arrow = pa.Table.from_pylist(rows, schema=table.schema().as_arrow())
+    pq.write_table(arrow, lake.arrow_path(key), filesystem=lake.fs)
+    return [key]
 
 
-def test_commits_to_different_partitions_at_once_both_land(catalog, pipeline):
+def publish(lake: Lake, pipeline: PipelineConfig, layer: str, partition: Partition, run_id: str, rows: list[dict],
+            started_from: int | None) -> Commit:
+    """One run's publish of ``rows`` to ``partition`` of ``<pipeline>.<layer>``, as a stage does it."""
+    keys = stage_rows(lake, lake.table(pipeline, layer), partition, run_id, rows)
+    commit = Commit(layer=layer, pipeline=pipeline.name, partition=partition.path,
+                    interval=(partition.start, partition.end), schema_version=1, run_id=run_id, rows=len(rows))
+    return lake.publish_files(pipeline, commit, keys, started_from)
+
+
+def test_commits_to_different_partitions_at_once_both_land(settings, catalog, pipeline):
     ident = table_name(pipeline.name, "curated")
     ensure_table(catalog, pipeline, "curated")
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
 
     def write(day: datetime, ids: range) -> None:
-        table = load_catalog().load_table(ident)  # each writer its own catalog connection
+        lake = Lake(settings)  # each writer its own catalog connection
+        part = Partition.containing(day)
+        run_id = f"w{day:%d}"
+        table = lake.table(pipeline, "curated")
         start = table.current_snapshot()
-        rows = curated_rows(table, day, ids)
+        keys = stage_rows(lake, table, part, run_id, [{"id": f"c{i}", "text": "t", "label": 0, "source": "x",
+                                                       "event_time": day, "text_hash": "h", "cluster_id": "k"}
+                                                      for i in ids])
+        commit = Commit(layer="curated", pipeline=pipeline.name, partition=part.path, interval=(part.start, part.end),
+                        schema_version=1, run_id=run_id, rows=len(ids))
         barrier.wait()
         try:
-            publish_partition(table, rows, column="event_time", partition=Partition.containing(day), run_id=f"w{day:%d}",
-                              started_from=start.snapshot_id if start else None)
+            lake.publish_files(pipeline, commit, keys, started_from=start.snapshot_id if start else None)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -143,45 +161,75 @@ def test_commits_to_different_partitions_at_once_both_land(catalog, pipeline):
         [f"c{i}" for i in range(0, 4)] + [f"c{i}" for i in range(10, 13)])
     summaries = [s.summary for s in table.snapshots() if s.summary.get(RUN_ID_KEY)]
     assert {(s[RUN_ID_KEY], s[PARTITION_KEY]) for s in summaries} >= {("w23", "dt=2026-11-23"), ("w24", "dt=2026-11-24")}
+    # each commit record reads back, with the files it added
+    commits = Lake(settings).commits("curated", pipeline.name)
+    assert {p: (c.run_id, c.rows, c.files) for p, c in commits.items()} == {
+        "dt=2026-11-23": ("w23", 4, 1), "dt=2026-11-24": ("w24", 3, 1)}
 
 
-def test_two_runs_of_one_partition_the_later_commit_fails_clearly_and_a_rerun_wins(catalog, pipeline):
+def test_two_runs_of_one_partition_the_later_commit_fails_clearly_and_a_rerun_wins(settings, catalog, pipeline):
+    lake = Lake(settings)
     table = ensure_table(catalog, pipeline, "excluded")
-    ident = table_name(pipeline.name, "excluded")
     part = Partition.containing(DAY1)
-    rows = lambda t, ids: pa.table({"id": [f"x{i}" for i in ids], "event_time": [DAY1] * len(ids)}).cast(  # noqa: E731
-        pa.schema([t.schema().as_arrow().field("id"), t.schema().as_arrow().field("event_time")]))
+    rows = lambda ids: [{"id": f"x{i}", "reason": "too_short", "event_time": DAY1} for i in ids]  # noqa: E731
     start = table.current_snapshot()
     started_from = start.snapshot_id if start else None
     # run A and run B both began at `started_from`; A commits first
-    publish_partition(catalog.load_table(ident), rows(table, range(3)), column="event_time", partition=part,
-                      run_id="run-a", started_from=started_from)
+    first = publish(lake, pipeline, "excluded", part, "run-a", rows(range(3)), started_from)
     with pytest.raises(PublishConflictError, match=r"run 'run-a' published this partition .* while run 'run-b'"):
-        publish_partition(catalog.load_table(ident), rows(table, range(5)), column="event_time", partition=part,
-                          run_id="run-b", started_from=started_from)
+        publish(Lake(settings), pipeline, "excluded", part, "run-b", rows(range(5)), started_from)
     table.refresh()
     assert sorted(table.scan().to_arrow().column("id").to_pylist()) == ["x0", "x1", "x2"]  # B committed nothing
+    assert table.current_snapshot().snapshot_id == first.snapshot_id
     # a rerun that starts after A's commit replaces A's rows
-    publish_partition(table, rows(table, range(5)), column="event_time", partition=part, run_id="run-c",
-                      started_from=table.current_snapshot().snapshot_id)
+    rerun = publish(lake, pipeline, "excluded", part, "run-c", rows(range(5)), table.current_snapshot().snapshot_id)
     assert sorted(table.refresh().scan().to_arrow().column("id").to_pylist()) == [f"x{i}" for i in range(5)]
+    assert lake.read_commit("excluded", pipeline.name, part) == rerun
+    # A's rows stay readable at A's snapshot (time travel)
+    assert sorted(lake.read_table(first, ["id"]).column("id").to_pylist()) == ["x0", "x1", "x2"]
 
 
-def test_a_tagged_snapshot_survives_expiry_and_still_reads_its_rows(catalog, pipeline):
+def test_a_tagged_snapshot_survives_expiry_and_still_reads_its_rows(settings, catalog, pipeline):
+    lake = Lake(settings)
     table = ensure_table(catalog, pipeline, "features")
     part = Partition.containing(DAY1)
-    arrow = table.schema().as_arrow()
-    rows = lambda ids: pa.table({"id": [f"f{i}" for i in ids], "event_time": [DAY1] * len(ids)}).cast(  # noqa: E731
-        pa.schema([arrow.field("id"), arrow.field("event_time")]))
-    trained_on = publish_partition(table, rows(range(4)), column="event_time", partition=part, run_id="v1",
-                                   started_from=None)
+    rows = lambda ids: [{"id": f"f{i}", "event_time": DAY1} for i in ids]  # noqa: E731
+    trained_on = publish(lake, pipeline, "features", part, "v1", rows(range(4)), started_from=None)
     tag_snapshot(table, "model-itest-v1", trained_on.snapshot_id)
     tag_snapshot(table, "model-itest-v1", trained_on.snapshot_id)  # idempotent
-    publish_partition(table, rows(range(10, 12)), column="event_time", partition=part, run_id="rerun",
-                      started_from=trained_on.snapshot_id)
+    publish(lake, pipeline, "features", part, "rerun", rows(range(10, 12)), started_from=trained_on.snapshot_id)
+    table.refresh()
     table.maintenance.expire_snapshots().older_than(datetime.now(timezone.utc) + timedelta(seconds=1)).commit()
     table.refresh()
     kept = {s.snapshot_id for s in table.snapshots()}
     assert trained_on.snapshot_id in kept and table.current_snapshot().snapshot_id in kept
     old = table.scan(snapshot_id=table.metadata.refs["model-itest-v1"].snapshot_id).to_arrow()
     assert sorted(old.column("id").to_pylist()) == ["f0", "f1", "f2", "f3"]
+    assert sorted(lake.read_table(trained_on, ["id"]).column("id").to_pylist()) == ["f0", "f1", "f2", "f3"]
+
+
+def test_files_without_field_ids_are_read_by_name_in_every_layer(settings, pipeline):
+    """Ingest writes its Parquet files without Iceberg field ids: every table reads such files through
+    its name mapping, which must follow the table's own ids (list columns' element ids included)."""
+    lake = Lake(settings)
+    own = pipeline.model_copy(update={"name": f"{pipeline.name}_ids"})
+    part = Partition.containing(DAY2)
+    values = {pa.string(): "v", pa.large_string(): "v", pa.int64(): 7, pa.int32(): 3, pa.float64(): 0.5,
+              pa.bool_(): True, pa.binary(): b"b", pa.large_binary(): b"b"}
+    for layer in LAYERS:
+        table = lake.table(own, layer)
+        plain = pa.schema([pa.field(f.name, f.type) for f in table.schema().as_arrow()])  # no field-id metadata
+        row = {}
+        for f in plain:
+            if pa.types.is_timestamp(f.type):
+                row[f.name] = DAY2 + timedelta(hours=1)
+            elif pa.types.is_list(f.type) or pa.types.is_large_list(f.type):
+                row[f.name] = [1, 2]
+            else:
+                row[f.name] = f"{values[f.type]}-{f.name}" if values[f.type] == "v" else values[f.type]
+        key = lake.staging_key(table, part, "ids") + "/part-00000.parquet"
+        pq.write_table(pa.Table.from_pylist([row], schema=plain), lake.arrow_path(key), filesystem=lake.fs)
+        commit = lake.publish_files(own, Commit(layer=layer, pipeline=own.name, partition=part.path,
+                                                interval=(part.start, part.end), schema_version=1, run_id="ids",
+                                                rows=1), [key], started_from=None)
+        assert lake.read_table(commit).to_pylist() == [row], layer

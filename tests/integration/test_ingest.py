@@ -1,7 +1,9 @@
-"""Kafka -> lake on the real broker, S3 store and PostgreSQL: contents equal the producer's ground truth."""
+"""Kafka -> lake on the real broker, S3 store and PostgreSQL (the Iceberg catalog): the raw and quarantine
+tables' partitions equal the producer's ground truth."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,10 +19,11 @@ import pytest
 import yaml
 
 from lakeforge.config import PIPELINES_DIR, Partition
-from lakeforge.errors import (ConcurrentRunError, LakeError, PartitionIncompleteError, RetentionLossError,
-                              SourceUnavailableError, TimestampSkewError)
+from lakeforge.errors import (ConcurrentRunError, PartitionIncompleteError, PartitionNotPublishedError,
+                              RetentionLossError, SourceUnavailableError, TimestampSkewError)
 from lakeforge.ingest import IngestOptions, run
-from lakeforge.lake import Lake
+from lakeforge.ingest.landing import lock_name
+from lakeforge.lake import Commit, Lake
 from lakeforge.produce import FaultRates, ProduceConfig, produce
 from lakeforge.stage.run import StageRun
 
@@ -52,6 +55,26 @@ def day(d: int) -> str:
     return (END - timedelta(days=d)).strftime("%Y-%m-%d")
 
 
+def file_digests(lake: Lake, commit: Commit) -> list[str]:
+    """sha256 of each data file of the commit's partition at its snapshot, in the lake's fixed order."""
+    digests = []
+    for path in lake.data_files(commit):
+        with lake.fs.open_input_stream(path) as f:
+            digests.append(hashlib.sha256(f.read()).hexdigest())
+    return digests
+
+
+def staged_keys(lake: Lake, prefix: str) -> list[str]:
+    """Keys of the objects under ``prefix`` in the lake bucket."""
+    pages = lake.s3.get_paginator("list_objects_v2").paginate(Bucket=lake.bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def partition_data_prefix(lake: Lake, name: str, layer: str, part: Partition) -> str:
+    """Where files of ``part`` go in the table's data location (``<location>/data/<partition path>/``)."""
+    return f"{lake.key_of(lake.existing_table(name, layer).location())}/data/{part.path}/"
+
+
 @pytest.fixture(scope="module")
 def produced(services, settings, tmp_path_factory):
     """900 events over the 3 days before END, faults injected, plus a day after END so those 3 are complete."""
@@ -77,7 +100,11 @@ def test_partitions_equal_ground_truth(produced, settings):
         assert sorted(table.column("id").to_pylist()) == want_ids
         want_q = Counter(t["fault"] for t in expected if t["outcome"] == "quarantined")
         assert m.quarantined == dict(want_q)
-        assert sum(f.rows for f in m.quarantine_files) == sum(want_q.values())
+        # the quarantine partition is its own commit, named by the raw one
+        q = lake.read_commit("quarantine", produced["name"], Partition.parse(d))
+        assert q.snapshot_id == m.stats["quarantine_snapshot_id"] and q.run_id == m.run_id
+        assert q.rows == sum(want_q.values()) == lake.read_table(q, columns=["reason"]).num_rows
+        assert Counter(lake.read_table(q, columns=["reason"]).column("reason").to_pylist()) == want_q
         # per-topic-partition volume adds up, and the offsets cover what was read
         tps = m.stats["topic_partitions"]
         assert sum(v["landed"] for v in tps.values()) == m.rows
@@ -111,32 +138,42 @@ def test_landing_exports_prometheus_metrics(produced, settings):
 
 def test_rerun_replaces_partition_with_identical_content(produced, settings):
     lake = Lake(settings)
+    part = Partition.parse(day(2))
     first = run(StageRun.create(produced["pipeline"], day(2), settings=settings))
+    first_q = lake.read_commit("quarantine", produced["name"], part)
     second = run(StageRun.create(produced["pipeline"], day(2), settings=settings))
-    assert [f.sha256 for f in first.files] == [f.sha256 for f in second.files]
-    assert [f.sha256 for f in first.quarantine_files] == [f.sha256 for f in second.quarantine_files]
+    second_q = lake.read_commit("quarantine", produced["name"], part)
+    # the same offsets make the same bytes: the rerun's files equal the first run's, file by file
+    assert file_digests(lake, first) == file_digests(lake, second) and first.files == second.files > 0
+    assert file_digests(lake, first_q) == file_digests(lake, second_q) and first_q.files == second_q.files > 0
     assert first.kafka_offsets == second.kafka_offsets
     assert second.stats["late_rows"] == 0
-    published = lake.read_manifest("raw", produced["name"], Partition.parse(day(2)))
-    assert published.run_id == second.run_id
-    # the superseded run's files are gone; only the published run's remain
-    prefix = lake.partition_key("raw", produced["name"], Partition.parse(day(2)))
-    keys = [o["Key"] for o in lake.s3.list_objects_v2(Bucket=lake.bucket, Prefix=prefix).get("Contents", [])]
-    assert all(f"run={second.run_id}/" in k or k.endswith("_MANIFEST.json") for k in keys), keys
+    # the current commit is the rerun's, in a new snapshot; the first run's rows stay readable at its
+    # snapshot (time travel), and equal the rerun's
+    published = lake.read_commit("raw", produced["name"], part)
+    assert published.run_id == second.run_id and published.snapshot_id == second.snapshot_id != first.snapshot_id
+    assert lake.read_commit("quarantine", produced["name"], part).snapshot_id == second.stats["quarantine_snapshot_id"]
+    assert lake.read_table(first).sort_by("id").equals(lake.read_table(second).sort_by("id"))
+    assert not set(lake.data_files(first)) & set(lake.data_files(second))  # the rerun's own files
 
 
 def test_quarantine_keeps_raw_bytes_and_reason(produced, settings):
     lake = Lake(settings)
+    part = Partition.parse(day(3))
     m = run(StageRun.create(produced["pipeline"], day(3), settings=settings))
-    assert m.quarantine_files, "faults were injected, quarantine must not be empty"
-    q = pq.read_table(lake.arrow_path(m.quarantine_files[0].path), filesystem=lake.fs).to_pylist()
+    quarantine = lake.read_commit("quarantine", produced["name"], part)
+    assert quarantine.snapshot_id == m.stats["quarantine_snapshot_id"]
+    q = lake.read_table(quarantine).to_pylist()
+    assert q, "faults were injected, quarantine must not be empty"
+    assert len(q) == quarantine.rows == sum(m.quarantined.values())
     sent = {t["sha256"]: t for t in produced["truth"]}
-    import hashlib
-
     for r in q:  # every quarantined row is byte-for-byte a record the producer sent, with its fault as reason
         t = sent[hashlib.sha256(r["raw"]).hexdigest()]
         assert r["reason"] == t["fault"] and r["detail"] and r["kafka_offset"] >= 0
-    assert lake.key_of(m.quarantine_files[0].path).startswith(f"quarantine/{produced['name']}/dt={day(3)}/")
+        assert r["partition_start"] == part.start  # the table's partition column: the landed partition
+    # the rows are in <pipeline>.quarantine, its files in that table's data location under the partition
+    prefix = partition_data_prefix(lake, produced["name"], "quarantine", part)
+    assert all(path.removeprefix(f"{lake.bucket}/").startswith(prefix) for path in lake.data_files(quarantine))
 
 
 def test_incomplete_partition_waits_unless_forced(produced, settings):
@@ -152,12 +189,12 @@ def test_concurrent_run_for_the_same_partition_fails_clearly(produced, settings)
     from lakeforge.locks import partition_lock
 
     lake = Lake(settings)
-    before = lake.read_manifest("raw", produced["name"], Partition.parse(day(1)))
-    key = lake.partition_key("raw", produced["name"], Partition.parse(day(1)))
-    with partition_lock(settings, key, "manual__holder-run"):
+    stage = StageRun.create(produced["pipeline"], day(1), settings=settings)
+    before = lake.read_commit("raw", produced["name"], stage.partition)
+    with partition_lock(settings, lock_name(stage), "manual__holder-run"):
         with pytest.raises(ConcurrentRunError, match="manual__holder-run"):
             run(StageRun.create(produced["pipeline"], day(1), settings=settings))
-    assert lake.read_manifest("raw", produced["name"], Partition.parse(day(1))).run_id == before.run_id
+    assert lake.read_commit("raw", produced["name"], stage.partition) == before
     # the lock is released with its holder: the next run goes through
     assert run(StageRun.create(produced["pipeline"], day(1), settings=settings)).rows == before.rows
 
@@ -199,27 +236,32 @@ def test_kill_9_mid_partition_then_rerun_publishes_exactly_the_truth(services, s
     env = {**os.environ, "LAKEFORGE_HOME": str(settings.home)}
     proc = subprocess.Popen([sys.executable, "-m", "lakeforge.cli", "ingest", "--pipeline", path, "--partition", d,
                              "--force", "--run-id", "killed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    run_prefix = lake.run_key("raw", name, part, "killed") + "/"
+    # the killed run stages its files under <raw location>/data/<partition>/killed-<attempt>/
     deadline = time.monotonic() + 120
+    while lake.existing_table(name, "raw") is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    run_prefix = partition_data_prefix(lake, name, "raw", part) + "killed-"
     while time.monotonic() < deadline and proc.poll() is None:
-        listed = lake.s3.list_objects_v2(Bucket=lake.bucket, Prefix=run_prefix).get("KeyCount", 0)
-        if listed >= 2:  # mid-partition: some files written, more to come
+        if len(staged_keys(lake, run_prefix)) >= 2:  # mid-partition: some files written, more to come
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"ingest finished before it could be killed: {proc.communicate()}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    from lakeforge.errors import LakeError
-
-    with pytest.raises(LakeError):  # nothing half-published
-        lake.read_manifest("raw", name, part)
+    orphans = staged_keys(lake, run_prefix)
+    assert len(orphans) >= 2
+    with pytest.raises(PartitionNotPublishedError):  # nothing half-published
+        lake.read_commit("raw", name, part)
+    assert lake.snapshot_id(name, "raw") is None  # not even a commit of the killed run's files
     m = run(StageRun.create(path, d, settings=settings), IngestOptions(force=True))
     truth = read_truth(tmp_path / "truth.jsonl")
     want = sorted(t["id"] for t in truth if t["partition"] == f"dt={d}" and t["outcome"] == "landed")
     assert sorted(lake.read_table(m, columns=["id"]).column("id").to_pylist()) == want
-    assert len(m.files) > 2  # rolled into several files, all listed
-    # the killed run's orphans were removed by the publish
-    assert lake.s3.list_objects_v2(Bucket=lake.bucket, Prefix=run_prefix).get("KeyCount", 0) == 0
+    assert m.files > 2 and len(lake.data_files(m)) == m.files  # rolled into several files, all committed
+    # the killed run's files are orphans no snapshot references (maintenance removes them), never data
+    referenced = {path.removeprefix(f"{lake.bucket}/") for path in lake.data_files(m)}
+    assert not referenced & set(orphans)
+    assert all(not f.startswith(run_prefix) for f in referenced)
 
 
 def test_broker_unavailable_retries_then_fails_clearly(services, settings, tmp_path):
@@ -235,21 +277,27 @@ def test_broker_unavailable_retries_then_fails_clearly(services, settings, tmp_p
         run(StageRun.create(path, day(1), settings=dead_settings), IngestOptions(force=True))
     assert time.monotonic() - t0 < 60
     lake = Lake(settings)
-    prefix = lake.partition_key("raw", name, Partition.parse(day(1)))
-    assert lake.s3.list_objects_v2(Bucket=lake.bucket, Prefix=prefix).get("KeyCount", 0) == 0
+    part = Partition.parse(day(1))
+    with pytest.raises(PartitionNotPublishedError):
+        lake.read_commit("raw", name, part)
+    for layer in ("raw", "quarantine"):  # no commit, and not a file written
+        assert lake.snapshot_id(name, layer) is None
+        if lake.existing_table(name, layer) is not None:
+            assert staged_keys(lake, partition_data_prefix(lake, name, layer, part)) == []
 
 
 def test_s3_unavailable_publishes_nothing(produced, settings):
     import socket
 
     lake = Lake(settings)
-    before = lake.read_manifest("raw", produced["name"], Partition.parse(day(2)))
+    part = Partition.parse(day(2))
+    before = {layer: lake.read_commit(layer, produced["name"], part) for layer in ("raw", "quarantine")}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(Exception):
         run(StageRun.create(produced["pipeline"], day(2), settings=settings.model_copy(update={"s3_endpoint": dead})))
-    assert lake.read_manifest("raw", produced["name"], Partition.parse(day(2))) == before
+    assert {layer: lake.read_commit(layer, produced["name"], part) for layer in ("raw", "quarantine")} == before
 
 
 def test_timestamp_skew_beyond_the_bound_fails_instead_of_missing_records(services, settings, tmp_path):
@@ -299,8 +347,8 @@ def test_records_deleted_by_retention_fail_the_landing_unless_the_loss_is_accept
     stage = StageRun.create(path, day(1), settings=settings)
     with pytest.raises(RetentionLossError, match=r"topic-partition 0: offsets \[0, 4\)"):
         run(stage, IngestOptions(force=True))
-    with pytest.raises(LakeError):
-        Lake(settings).read_manifest("raw", name, stage.partition)  # nothing was published
+    with pytest.raises(PartitionNotPublishedError):
+        Lake(settings).read_commit("raw", name, stage.partition)  # nothing was published
     m = run(stage, IngestOptions(force=True, accept_retention_loss=True))
     ids = Lake(settings).read_table(m, columns=["id"]).column("id").to_pylist()
     assert sorted(ids) == [f"k{i}" for i in range(4, 10)]
@@ -344,13 +392,16 @@ def test_any_dataset_by_yaml_string_labels_and_an_extra_column(services, setting
                               "--seed", "5", "--truth", str(truth), *extra], env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
     lake = Lake(settings)
-    manifest = run(StageRun.create(str(path), day(1), settings=settings))
-    raw = pq.read_table(lake.arrow_path(manifest.files[0].path), filesystem=lake.fs)
+    commit = run(StageRun.create(str(path), day(1), settings=settings))
+    # the files the landing wrote, and the table, keep the YAML's field names
+    raw = pq.read_table(lake.data_files(commit)[0], filesystem=lake.fs)
     assert raw.column_names[:5] == ["id", "body", "section", "desk", "published"]
-    rows = [r for f in manifest.files for r in pq.read_table(lake.arrow_path(f.path), filesystem=lake.fs).to_pylist()]
+    table = lake.read_table(commit)
+    assert table.column_names[:5] == ["id", "body", "section", "desk", "published"]
+    rows = table.to_pylist()
     assert rows and {r["section"] for r in rows} <= set(topics) and all(r["desk"].startswith("desk-") for r in rows)
     assert all(r["body"].startswith("Story ") for r in rows)
-    assert manifest.quarantined.get("unknown_label", 0) > 0 and manifest.quarantined.get("wrong_type", 0) > 0
-    q = [r for f in manifest.quarantine_files for r in pq.read_table(lake.arrow_path(f.path), filesystem=lake.fs).to_pylist()]
+    assert commit.quarantined.get("unknown_label", 0) > 0 and commit.quarantined.get("wrong_type", 0) > 0
+    q = lake.read_table(lake.read_commit("quarantine", spec["name"], Partition.parse(day(1)))).to_pylist()
     unknown = [r for r in q if r["reason"] == "unknown_label"]
     assert unknown and all("not in the label space" in r["detail"] for r in unknown)

@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from lakeforge.config import PIPELINES_DIR, Partition
-from lakeforge.lake import Lake, Manifest
+from lakeforge.config import PIPELINES_DIR, Partition, PipelineConfig
+from lakeforge.lake import Commit, Lake
 from lakeforge.train import checkpoint as ckpt
 from lakeforge.train.launch import torchrun_command
 from lakeforge.train.summary import run_key
@@ -51,38 +51,41 @@ def private_pipeline(tmp: Path) -> tuple[Path, str]:
     return tmp, spec["name"]
 
 
-def reviews(n: int) -> pa.Table:
-    """``n`` real reviews (the demo's data), split 70/15/15 by position."""
+def reviews(n: int, event_time: datetime) -> pa.Table:
+    """``n`` real reviews (the demo's data), split 70/15/15 by position, stamped ``event_time`` (the
+    features table's partition column); no ``input_ids``: training tokenizes the text."""
     from lakeforge.produce import load_reviews
 
     rows = load_reviews()[:: 33530 // n][:n]
     return pa.table({"id": [str(i) for i in range(n)], "text": [r["text"][:400] for r in rows],
                      "label": [r["label"] for r in rows],
-                     "split": ["train" if i % 20 < 14 else "validation" if i % 20 < 17 else "test" for i in range(n)]})
+                     "split": ["train" if i % 20 < 14 else "validation" if i % 20 < 17 else "test" for i in range(n)],
+                     "event_time": pa.array([event_time] * n, pa.timestamp("us", tz="UTC"))})
 
 
 @pytest.fixture(scope="module")
 def pipeline(settings, tmp_path_factory):
-    """A published features partition (and the curated manifest it names, with a quality report) in S3."""
+    """A published features partition (and the curated commit it names, with a quality report) in the lake."""
     tmp, name = private_pipeline(tmp_path_factory.mktemp("train-pipeline"))
+    config = PipelineConfig.load(str(tmp / f"{name}.yaml"))
     lake = Lake(settings)
     part = Partition.parse(PARTITION)
     report_key = f"reports/{name}/{part.path}/quality.json"
     lake.put_json(report_key, {"rows": 300, "dropped": {}})
 
     def publish(layer, table, inputs=(), stats=None):
-        files = []
+        keys = []
         if table is not None:
-            key = lake.run_key(layer, name, part, "itest") + "/part-00000.parquet"
+            key = lake.staging_key(lake.table(config, layer), part, "itest") + "/part-00000.parquet"
             pq.write_table(table, lake.arrow_path(key), filesystem=lake.fs)
-            files = [lake.describe_file(lake.uri(key))]
-        lake.publish(Manifest(layer=layer, pipeline=name, partition=part.path, interval=(part.start, part.end),
-                              schema_version=1, run_id="itest", files=files, rows=sum(f.rows for f in files),
-                              inputs=list(inputs), stats=stats or {}))
-        return lake.manifest_ref(layer, name, part)
+            keys = [key]
+        commit = Commit(layer=layer, pipeline=name, partition=part.path, interval=(part.start, part.end),
+                        schema_version=1, run_id="itest", rows=table.num_rows if table is not None else 0,
+                        inputs=list(inputs), stats=stats or {})
+        return lake.publish_files(config, commit, keys, started_from=None).ref
 
     curated = publish("curated", None, stats={"report": {"json": lake.uri(report_key)}})
-    features = publish("features", reviews(300), inputs=[curated])
+    features = publish("features", reviews(300, part.start), inputs=[curated])
     return {"dir": tmp, "name": name, "lake": lake, "part": part, "features_ref": features}
 
 

@@ -85,4 +85,6 @@ def test_airflow_retry_resumes_training_after_kill_9(services, settings):
     promoted = af._req("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/promote_model")
     assert promoted["state"] == "success"
     assert not workers_of(run_id)
-    assert json.loads(run.data.tags["lakeforge.inputs"])[0]["path"].endswith(f"{DAG}/dt={yesterday}/_MANIFEST.json")
+    # lineage: the features table's snapshot the model trained on
+    features = Lake(settings).read_commit("features", DAG, Partition.parse(yesterday))
+    assert json.loads(run.data.tags["lakeforge.inputs"]) == [features.ref]

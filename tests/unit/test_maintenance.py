@@ -63,7 +63,6 @@ def test_expiry_keeps_partition_records_and_model_snapshots_and_removes_the_rest
     latest = commit_rows(local_lake, "raw", DAY1, "land1c", ["a", "b", "c", "d", "e"])
     table = local_lake.existing_table("movie_reviews", "raw")
     orphan = local_lake.root / local_lake.staging_key(table, DAY1, "crashed") / "part-0.parquet"
-    orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"a landing that crashed before its commit")
     two_days_ago = (datetime.now(timezone.utc) - timedelta(days=2)).timestamp()
     os.utime(orphan, (two_days_ago, two_days_ago))  # Iceberg refuses to remove orphans younger than 24 h

@@ -73,7 +73,6 @@ def publish_curated(lake, **stats) -> Commit:
     rows = [{"id": f"e{i}", "text": f"review {i}", "label": 1, "source": "imdb", "event_time": when,
              "text_hash": f"h{i}", "cluster_id": f"h{i}"} for i in range(3)]
     key = lake.staging_key(table, DAY, "c1") + "/part-00000.parquet"
-    (lake.root / key).parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema().as_arrow()), lake.root / key)
     return lake.publish_files(pipeline, commit("curated", **stats), [key], started_from=None)
 

@@ -56,8 +56,8 @@ def test_a_topic_partition_landing_routes_rows_quarantine_and_late_records(local
     publish(local_lake, PIPE, Partition.parse("2026-11-22"), {"0": [0, 5]})  # read offsets 0..4 of topic-partition 0
     previous = publish(local_lake, PIPE, stage.partition, {"0": [0, 10]})  # this partition's last landing
     landing = Landing(stage, previous)
-    for prefix in (landing.data_prefix, landing.quarantine_prefix):  # S3 has no directories; a local disk does
-        (local_lake.root / prefix).mkdir(parents=True)
+    for prefix in (landing.data_prefix, landing.quarantine_prefix):  # a LocalLake makes its staging folders
+        assert (local_lake.root / prefix).is_dir()
     tp_landing = TopicPartitionLanding(landing, 0, 10, 16)
     tp_landing.process([
         Message(event("a", utc(23, 10)), 10, utc(23, 10)),  # lands: its event time is inside

@@ -210,6 +210,22 @@ def test_registered_versions_keep_and_trace_the_snapshots_they_trained_on(traine
     assert f"movie_reviews.features dt=2026-11-23 @ snapshot {features.snapshot_id}: 40 rows" in render(found)
 
 
+def test_the_recorded_snapshot_reads_exactly_the_trained_rows_after_a_rerun(trained):
+    uri, result, lake, curated_ref = trained
+    (ref,) = json.loads(MlflowClient(uri).get_run(result.run_id).data.tags["lakeforge.inputs"])
+    trained_on = features_table()
+    # the partition is re-landed with late records and its features rebuilt: a new commit replaces it
+    late = pa.Table.from_pylist([{**trained_on.slice(0, 1).to_pylist()[0], "id": "late-1"}], schema=trained_on.schema)
+    rebuilt = publish(lake, "features", pa.concat_tables([trained_on, late]), inputs=[curated_ref])
+    try:
+        assert rebuilt.snapshot_id != ref["snapshot_id"]
+        assert lake.read_commit("features", "movie_reviews", Partition.parse(PARTITION)).rows == trained_on.num_rows + 1
+        recorded = lake.read_table(lake.commit_of(ref), trained_on.column_names).sort_by("id")
+        assert recorded.to_pylist() == trained_on.sort_by("id").to_pylist()  # exactly the rows the model trained on
+    finally:  # the module's other tests read the partition as it was
+        publish(lake, "features", trained_on, inputs=[curated_ref], files=2)
+
+
 def test_success_leaves_only_the_result(trained):
     _, result, lake, _ = trained
     store = ckpt.store_for(lake, "movie_reviews", Partition.parse(PARTITION), "dag_x/manual__1")
