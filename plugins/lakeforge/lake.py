@@ -382,7 +382,7 @@ class Lake:
         partition that committed after ``started_from`` (the table's snapshot when this run began)
         wins: this run fails with :class:`PublishConflictError`, having committed nothing.
         """
-        from pyiceberg.exceptions import CommitFailedException
+        from pyiceberg.exceptions import CommitFailedException, ValidationException
         from pyiceberg.io.pyarrow import parquet_file_to_data_file
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
@@ -401,12 +401,23 @@ class Lake:
                 if added is None:  # the files' stats and partition, read once from their footers
                     added = [parquet_file_to_data_file(table.io, table.metadata, uri) for uri in uris]
                 old = [task.file for task in table.scan(row_filter=where).plan_files()]
-                with table.transaction() as tx:
-                    with tx.update_snapshot(snapshot_properties=props).overwrite() as overwrite:
-                        for data_file in old:
-                            overwrite.delete_data_file(data_file)
-                        for data_file in added:
-                            overwrite.append_data_file(data_file)
+                try:
+                    with table.transaction() as tx:
+                        with tx.update_snapshot(snapshot_properties=props).overwrite() as overwrite:
+                            # pyiceberg retries a commit that lost a race itself, validating (serializable)
+                            # that no files were added meanwhile *matching this filter*: without it, any
+                            # file added to any partition (a landing of another day) fails the commit
+                            overwrite.delete_by_predicate(where)
+                            for data_file in old:
+                                overwrite.delete_data_file(data_file)
+                            for data_file in added:
+                                overwrite.append_data_file(data_file)
+                except ValidationException as exc:  # another run committed this partition during the retry
+                    check_no_rival(table.refresh(), commit, started_from)  # names it, when it was a lakeforge run
+                    raise PublishConflictError(
+                        f"{commit.table} {commit.partition}: another commit changed this partition while run "
+                        f"{commit.run_id!r} was writing it ({exc}); nothing of this run was committed. Rerun "
+                        "it.") from exc
         snap = table.current_snapshot()
         log.info("published %s %s: %d rows in %d files (snapshot %d)", commit.table, commit.partition, commit.rows,
                  len(paths), snap.snapshot_id)
