@@ -10,8 +10,13 @@ Kafka started):
    validate, quarantine, Parquet zstd to S3, Iceberg commits) in a fresh process; and a *floor*, the least
    any landing to this S3 store does: ``kcat | zstd -1 | upload`` (the values as they are, compressed
    at Parquet's default zstd level, streamed to one S3 object; no parsing, no columns);
-3. land the big topic once, for the peak RSS at 4x the records (memory must not grow with them);
-4. write ``bench/results/ingest.json``: medians and every trial.
+3. land the first topic once more with Apache Iceberg's Kafka Connect sink (``bench/iceberg_sink.py``:
+   a standalone Connect worker from Apache Kafka's jars, the sink committing to a table of the same
+   catalog and S3 store every 10 s, offsets in the snapshot summary through its transactional control
+   topic) — the field's standard way to land Kafka exactly once in Iceberg;
+4. land the big topic once, for the peak RSS at 4x the records (memory must not grow with them);
+5. write ``bench/results/ingest.json``: medians and every trial, ``iceberg_sink_msgs_per_s``,
+   ``ratio_vs_iceberg_sink`` (lakeforge's rate over the sink's) and ``ratio_vs_floor``.
 
 Rates are records consumed per second of each command's wall time (process start to exit, so
 lakeforge's Python start-up counts against it); ``lakeforge_in_run_msgs_per_s`` is the landing's
@@ -26,7 +31,7 @@ the servers' share belongs to the comparison: on one machine the landing pays fo
 ``floor_ratio`` is the floor's rate over kcat's: no landing into this S3 store on this machine can
 beat it by much, so it says how much of the goal the machine leaves reachable.
 
-    .venv/bin/python bench/ingest.py [--records 1000000] [--big 4000000] [--trials 3]
+    .venv/bin/python bench/ingest.py [--records 1000000] [--big 4000000] [--trials 3] [--no-sink]
 
 Needs ``kcat`` and ``zstd`` (Debian: ``apt-get install kcat zstd``).
 """
@@ -156,6 +161,16 @@ def floor(home: Path, bootstrap: str, topic: str, env: dict) -> Timed:
                             [sys.executable, "-c", UPLOAD_STDIN, f"bench/floor/{topic}.zst"]], env, stdout=devnull)
 
 
+def iceberg_sink_module():
+    """bench/iceberg_sink.py as a module (bench/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_iceberg_sink", REPO / "bench" / "iceberg_sink.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def land(home: Path, path: Path, env: dict) -> tuple[Timed, dict]:
     run = Timed(home, [[sys.executable, "-m", "lakeforge.cli", "ingest", "--pipeline", str(path), "--partition", DAY,
                         "--force"]], env)
@@ -165,6 +180,7 @@ def land(home: Path, path: Path, env: dict) -> tuple[Timed, dict]:
 def main(records: int = typer.Option(1_000_000, help="events for the kcat comparison"),
          big: int = typer.Option(4_000_000, help="events for the memory check (0: skip)"),
          trials: int = typer.Option(3, help="alternating kcat / lakeforge runs"),
+         sink: bool = typer.Option(True, help="also land the topic with Iceberg's Kafka Connect sink"),
          home: Path = typer.Option(REPO / ".lakeforge-bench-ingest", help="state dir of the benchmark"),
          keep: bool = typer.Option(False, help="keep services and data afterwards (reruns reuse the topics)"),
          out: Path = typer.Option(REPO / "bench" / "results" / "ingest.json")) -> None:
@@ -201,6 +217,12 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
             print(f"trial {i + 1}: kcat {records / k.wall:,.0f} msgs/s, lakeforge {records / lf.wall:,.0f} msgs/s "
                   f"(in run {m['msgs_per_s']:,}), floor {records / fl.wall:,.0f} msgs/s, peak RSS {lf.rss} MiB; "
                   f"CPU s kcat {k.cpu_s}, lakeforge {lf.cpu_s}, floor {fl.cpu_s}", flush=True)
+        sink_run = None
+        if sink:
+            sink_run = iceberg_sink_module().run_iceberg_sink(
+                settings, topic, records, table="bench_ingest_1m.iceberg_sink", timeout_s=max(900.0, records / 500))
+            print(f"Iceberg Kafka Connect sink: {sink_run['msgs_per_s']:,} msgs/s ({sink_run['seconds']} s, "
+                  f"{sink_run['commits']} commits), peak RSS {sink_run['peak_rss_mib']} MiB", flush=True)
         big_run = None
         if big:
             ensure_topic(settings, large, big, seed=2)
@@ -223,6 +245,10 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
         "lakeforge_in_run_msgs_per_s": round(statistics.median(records / r["lakeforge_in_run_s"] for r in runs)),
         "floor_msgs_per_s": round(floor_rate),
         "floor_ratio": round(floor_rate / kcat_rate, 3),
+        "iceberg_sink_msgs_per_s": sink_run["msgs_per_s"] if sink_run else None,
+        "ratio_vs_iceberg_sink": round(lf_rate / sink_run["msgs_per_s"], 3) if sink_run else None,
+        "ratio_vs_floor": round(lf_rate / floor_rate, 3),
+        "iceberg_sink": sink_run,
         "peak_rss_mb_1m": rss_1m,
         "peak_rss_mb_4m": big_run["peak_rss_mb"] if big_run else None,
         "rss_ratio_4m_vs_1m": round(big_run["peak_rss_mb"] / rss_1m, 3) if big_run else None,
@@ -240,7 +266,8 @@ def main(records: int = typer.Option(1_000_000, help="events for the kcat compar
     if not keep:
         shutil.rmtree(home, ignore_errors=True)
     print(json.dumps({k: result[k] for k in ("records", "kcat_msgs_per_s", "lakeforge_msgs_per_s", "ratio",
-                                             "floor_ratio", "peak_rss_mb_1m", "peak_rss_mb_4m")}))
+                                             "floor_ratio", "iceberg_sink_msgs_per_s", "ratio_vs_iceberg_sink",
+                                             "ratio_vs_floor", "peak_rss_mb_1m", "peak_rss_mb_4m")}))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """JVM jars that lakeforge needs, resolved from Maven Central into a local cache.
 
-Three jar sets, each described by a tiny POM under ``jvm/<kind>/pom.xml``:
+Two jar sets, each described by a tiny POM under ``jvm/<kind>/pom.xml``:
 
 * ``kafka`` — the Apache Kafka 4.x broker (``java -cp <kafka_classpath()> kafka.Kafka …``);
 * ``iceberg`` — Iceberg's Spark runtime, its S3FileIO (``iceberg-aws-bundle``) and the JDBC
   drivers of the catalog (PostgreSQL; SQLite for a local lake), handed to Spark (:func:`spark_jars`).
+
+Benchmarks may need more (:data:`ON_DEMAND_KINDS`, e.g. ``kafka-connect``, a Kafka Connect worker with
+Iceberg's sink for ``bench/iceberg_sink.py``): :func:`resolve` and :func:`jars` take those too, on
+first use, but :func:`resolve_all` (``make setup``) leaves them out.
 
 ``mvn dependency:copy-dependencies`` copies each set into ``$LAKEFORGE_JAR_CACHE/<kind>/``
 (default ``<repo>/.cache/jars``). A marker file beside the jars stores the POM's sha256: a resolve
@@ -31,6 +35,8 @@ from lakeforge.errors import PrerequisiteError
 
 #: The jar sets we know, each with its POM at ``jvm/<kind>/pom.xml``.
 KINDS: tuple[str, ...] = ("kafka", "iceberg")
+#: Jar sets resolved only when something asks for them (benchmarks), never by :func:`resolve_all`.
+ON_DEMAND_KINDS: tuple[str, ...] = ("kafka-connect",)
 JVM_DIR = REPO_ROOT / "jvm"
 #: Name of the marker file written (last) into a resolved jar directory: the POM's sha256.
 MARKER = ".pom.sha256"
@@ -46,9 +52,9 @@ def jar_cache() -> Path:
 
 
 def pom_path(kind: str) -> Path:
-    """The POM that describes jar set ``kind`` (``kafka`` or ``iceberg``)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown jar set {kind!r}: expected one of {KINDS}")
+    """The POM that describes jar set ``kind`` (one of :data:`KINDS` or :data:`ON_DEMAND_KINDS`)."""
+    if kind not in KINDS + ON_DEMAND_KINDS:
+        raise ValueError(f"unknown jar set {kind!r}: expected one of {KINDS + ON_DEMAND_KINDS}")
     return JVM_DIR / kind / "pom.xml"
 
 
@@ -164,7 +170,7 @@ def resolve(kind: str, force: bool = False) -> Path:
     interrupted resolve never looks complete.
 
     Args:
-        kind: one of :data:`KINDS`.
+        kind: one of :data:`KINDS` or :data:`ON_DEMAND_KINDS`.
         force: resolve even when the marker matches.
 
     Raises:

@@ -85,6 +85,13 @@ def test_real_poms_exist():
         assert jars.pom_path(kind).is_file(), kind
 
 
+def test_bench_only_jar_sets_resolve_on_demand_not_at_setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKEFORGE_JAR_CACHE", str(tmp_path / "c"))
+    assert "kafka-connect" in jars.ON_DEMAND_KINDS and "kafka-connect" not in jars.KINDS  # setup stays lean
+    assert jars.pom_path("kafka-connect").is_file()
+    assert jars.jar_dir("kafka-connect") == (tmp_path / "c" / "kafka-connect").resolve()
+
+
 # -- prerequisites ---------------------------------------------------------------------------
 
 
