@@ -202,7 +202,7 @@ def run_lakeforge(docs: list[dict], cores: int) -> dict:
     from lakeforge.config import Partition, PipelineConfig
     from lakeforge.curate import run
     from lakeforge.ingest.records import raw_schema
-    from lakeforge.lake import Commit, LocalLake
+    from lakeforge.lake import LocalLake
     from lakeforge.stage.run import StageRun
     from lakeforge.stage.spark_io import SparkStageOptions
 
@@ -212,7 +212,6 @@ def run_lakeforge(docs: list[dict], cores: int) -> dict:
     pipeline = PipelineConfig.load(str(REPO / "bench" / "bench_reviews.yaml"))
     part = Partition.parse("2026-11-20")
     prefix = lake.staging_key(lake.table(pipeline, "raw"), part, "ingest")
-    (root / prefix).mkdir(parents=True)
     schema = raw_schema(pipeline)
     t = part.start + timedelta(hours=1)
     keys = []
@@ -224,9 +223,8 @@ def run_lakeforge(docs: list[dict], cores: int) -> dict:
         key = f"{prefix}/part-{n:05d}.parquet"
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), root / key, row_group_size=20_000)
         keys.append(key)
-    lake.publish_files(pipeline, Commit(layer="raw", pipeline=pipeline.name, partition=part.path,
-                                        interval=(part.start, part.end), schema_version=pipeline.schema_version,
-                                        run_id="ingest", rows=len(docs)), keys, started_from=None)
+    landing = StageRun.create(pipeline, part, "ingest", lake=lake)
+    lake.publish_files(pipeline, landing.commit("raw", len(docs)), keys, started_from=None)
 
     t0 = time.monotonic()
     spark = bench_spark(cores)

@@ -4,7 +4,11 @@ queryable by pyiceberg and Spark SQL."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
+import time
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -90,6 +94,64 @@ def test_parallel_spark_commits_to_different_partitions_all_land(spark, lake, pi
         assert ids_of(lake, commits[part.path]) == sorted(f"{part.path}-{i}" for i in range(5))
 
 
+# One Spark application per process (its own JVM, its own Iceberg catalog client): it starts, writes a
+# frame of features for its day, signals ready, waits for the go file, then commits.
+SPARK_WRITER = """
+import json, sys, time
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow as pa
+
+from lakeforge.config import Partition, PipelineConfig
+from lakeforge.lake import Lake
+from lakeforge.spark import spark_session
+from lakeforge.stage.run import StageRun
+from lakeforge.stage.spark_io import publish_frame
+
+name, day, started, sync = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+pipeline = PipelineConfig.load("movie_reviews").model_copy(update={"name": name})
+part, lake = Partition.parse(day), Lake()
+spark = spark_session(f"itest-lake-{day}")
+schema = lake.table(pipeline, "features").schema().as_arrow()
+rows = [{c: None for c in schema.names} | {"id": f"{day}-p{i}", "event_time": part.start + timedelta(minutes=i)}
+        for i in range(7)]
+df = spark.createDataFrame(pa.Table.from_pylist(rows, schema=schema)).cache()
+df.count()
+(sync / f"ready-{day}").touch()
+while not (sync / "go").exists():
+    time.sleep(0.05)
+stage = StageRun.create(pipeline, part, f"proc-{part.start:%Y%m%d}", lake=lake)
+commit = publish_frame(stage, df, 7, layer="features", rows_per_file=1000, started_from=int(started) or None)
+print(json.dumps({"snapshot_id": commit.snapshot_id, "run_id": commit.run_id}))
+"""
+
+
+@pytest.mark.slow  # (~60 s: one JVM per process) the threaded test above races commits in one application
+def test_separate_spark_applications_commit_different_partitions_at_once(lake, pipeline, tmp_path):
+    days = [Partition.parse(d) for d in ("2026-11-24", "2026-11-25")]
+    started = lake.snapshot_id(pipeline.name, "features") or 0
+    procs = [subprocess.Popen([sys.executable, "-c", SPARK_WRITER, pipeline.name, part.path, str(started),
+                               str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for part in days]
+    deadline = time.monotonic() + 300
+    while not all((tmp_path / f"ready-{part.path}").exists() for part in days):
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-3000:] for p in procs if p.poll() is not None]
+        assert time.monotonic() < deadline, "the Spark writers did not start"
+        time.sleep(0.2)
+    (tmp_path / "go").touch()  # both commit now, from the same starting snapshot
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert len({r["snapshot_id"] for r in results}) == 2
+    for part in days:
+        commit = lake.read_commit("features", pipeline.name, part)
+        assert commit.run_id == f"proc-{part.start:%Y%m%d}"
+        assert ids_of(lake, commit) == sorted(f"{part.path}-p{i}" for i in range(7))
+
+
 def test_two_runs_of_one_partition_the_later_commit_fails_and_nothing_of_it_lands(spark, lake, pipeline):
     part = DAYS[0]
     # Spark (curated): run A began before run B committed the same partition
@@ -124,9 +186,8 @@ def publish_raw(lake: Lake, pipeline: PipelineConfig, part: Partition, run_id: s
              "kafka_timestamp": part.start + timedelta(hours=1)} for n, i in enumerate(ids)]
     key = lake.staging_key(lake.table(pipeline, "raw"), part, run_id) + "/part-00000-00000.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), lake.arrow_path(key), filesystem=lake.fs)
-    commit = Commit(layer="raw", pipeline=pipeline.name, partition=part.path, interval=(part.start, part.end),
-                    schema_version=pipeline.schema_version, run_id=run_id, rows=len(ids),
-                    kafka_offsets={pipeline.topic: {"0": [0, len(ids)]}})
+    commit = stage(pipeline, lake, part, run_id).commit("raw", len(ids),
+                                                        kafka_offsets={pipeline.topic: {"0": [0, len(ids)]}})
     return lake.publish_files(pipeline, commit, [key], started_from)
 
 

@@ -1,8 +1,9 @@
 """The landing of one lake partition: :func:`run`, the ingest stage's entry point.
 
 :func:`run` takes the partition's lock, snapshots the topic, checks completeness, reads every Kafka
-topic-partition from its start offset to the snapshot, routes each record and commits
-the quarantine and then the raw partition to their Iceberg tables last (the steps, and what late records are, are in the :mod:`lakeforge.ingest` overview).
+topic-partition from its start offset to the snapshot, routes each record, and last commits the
+quarantine and then the raw partition to their Iceberg tables (the steps, and what late records are,
+are in the :mod:`lakeforge.ingest` overview).
 
 * :class:`IngestOptions` — how to land, beyond what the :class:`~lakeforge.stage.run.StageRun` says;
 * :class:`Landing` — what every topic-partition's landing shares: the lake partition and its
@@ -341,14 +342,11 @@ def _land(stage: StageRun, options: IngestOptions, progress: Callable[[str], Non
     seconds = round(time.monotonic() - t0, 2)
     kafka_offsets = {topic: {str(tp): [tp_landing.stats.first, tp_landing.stats.end] for tp, tp_landing in by_tp}}
     quarantined = dict(sorted(landing.quarantined.items()))
-    quarantine = lake.publish_files(pipeline, Commit(
-        layer="quarantine", pipeline=pipeline.name, partition=partition.path, interval=(partition.start, partition.end),
-        schema_version=pipeline.schema_version, run_id=stage.run_id, rows=sum(f.rows for f in quarantine_files),
-        kafka_offsets=kafka_offsets, quarantined=quarantined), [f.key for f in quarantine_files], started["quarantine"])
-    commit = lake.publish_files(pipeline, Commit(
-        layer="raw", pipeline=pipeline.name, partition=partition.path, interval=(partition.start, partition.end),
-        schema_version=pipeline.schema_version, run_id=stage.run_id, rows=landed, kafka_offsets=kafka_offsets,
-        quarantined=quarantined,
+    quarantine = lake.publish_files(pipeline, stage.commit(
+        "quarantine", sum(f.rows for f in quarantine_files), kafka_offsets=kafka_offsets, quarantined=quarantined),
+        [f.key for f in quarantine_files], started["quarantine"])
+    commit = lake.publish_files(pipeline, stage.commit(
+        "raw", landed, kafka_offsets=kafka_offsets, quarantined=quarantined,
         stats={"records_scanned": scanned, "records_scanned_outside_interval": landing.outside, "seconds": seconds,
                "msgs_per_s": round(scanned / max(seconds, 1e-9)), "forced": options.force,
                "time_source": spec.time_source, "max_timestamp_lead_s": round(landing.max_lead_ms / 1000, 3),

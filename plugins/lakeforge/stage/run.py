@@ -79,6 +79,13 @@ class StageRun:
         """``<pipeline> <partition path>``, for logs and error messages."""
         return f"{self.pipeline.name} {self.partition.path}"
 
+    def commit(self, layer: str, rows: int, **fields: Any) -> Commit:
+        """The commit record of ``layer`` for this run's partition, before it is published (``fields``:
+        inputs, kafka_offsets, dropped, quarantined, stats, …); every stage builds its records here."""
+        part = self.partition
+        return Commit(layer=layer, pipeline=self.pipeline.name, partition=part.path, interval=(part.start, part.end),
+                      schema_version=self.pipeline.schema_version, run_id=self.run_id, rows=rows, **fields)
+
 
 def summarize(commit: Commit, lake: Lake, *, presign: bool = False) -> dict[str, Any]:
     """The summary of a published partition: what a job prints as its last stdout line, what the

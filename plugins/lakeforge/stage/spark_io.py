@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 from pydantic import BaseModel, ConfigDict
 
 from lakeforge.catalog import partition_column, spark_table
-from lakeforge.config import Settings
+from lakeforge.config import Partition, Settings
 from lakeforge.errors import LakeError, PartitionNotPublishedError, PublishConflictError, SchemaMismatchError
 from lakeforge.lake import PARTITION_KEY, RUN_ID_KEY, Commit, ancestry, check_no_rival
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from lakeforge.stage.run import StageRun
 
@@ -72,9 +72,7 @@ def read_partition(spark: "SparkSession", stage: "StageRun", commit: Commit,
             f" table disagree: was it written by an older schema (bump `schema_version` and re-land), or does a"
             f" field need another `name`?"
         )
-    column = partition_column(stage.pipeline, commit.layer)
-    part = commit.lake_partition
-    df = df.where((F.col(column) >= F.lit(part.start)) & (F.col(column) < F.lit(part.end)))
+    df = df.where(in_partition(partition_column(stage.pipeline, commit.layer), commit.lake_partition))
     return df.withColumns({c: F.col(c).cast(t) for c, t in required.items()})
 
 
@@ -102,11 +100,11 @@ def sorted_for_write(df: "DataFrame", rows: int, rows_per_file: int) -> "DataFra
     return parts.sortWithinPartitions(*order)
 
 
-def stage_commit(stage: "StageRun", layer: str, rows: int, **fields: Any) -> Commit:
-    """The commit record of ``layer`` for this stage run's partition (``fields``: inputs, dropped, stats, …)."""
-    part = stage.partition
-    return Commit(layer=layer, pipeline=stage.pipeline.name, partition=part.path, interval=(part.start, part.end),
-                  schema_version=stage.pipeline.schema_version, run_id=stage.run_id, rows=rows, **fields)
+def in_partition(column: str, part: Partition) -> "Column":
+    """The Spark condition of a lake partition: ``start <= column < end``."""
+    from pyspark.sql import functions as F
+
+    return (F.col(column) >= F.lit(part.start)) & (F.col(column) < F.lit(part.end))
 
 
 def publish_frame(stage: "StageRun", df: "DataFrame", rows: int, *, layer: str, rows_per_file: int,
@@ -119,14 +117,11 @@ def publish_frame(stage: "StageRun", df: "DataFrame", rows: int, *, layer: str, 
     meantime is retried by Iceberg, another run's commit of *this* partition fails this one with
     :class:`PublishConflictError` (nothing of it committed).
     """
-    from pyspark.sql import functions as F
-
     lake, pipeline, part = stage.lake, stage.pipeline, stage.partition
     table = lake.table(pipeline, layer)  # created on first use, with the pipeline's columns and partitioning
-    commit = stage_commit(stage, layer, rows, **fields)
+    commit = stage.commit(layer, rows, **fields)
     check_no_rival(table.refresh(), commit, started_from)
     attach_catalog(df.sparkSession, stage.settings)
-    column = partition_column(pipeline, layer)
     writer = (sorted_for_write(df.select(*[f.name for f in table.schema().fields]), rows, rows_per_file)
               .writeTo(spark_table(pipeline.name, layer, stage.settings))
               .option("distribution-mode", "none")  # keep the layout above (and both cores writing)
@@ -136,7 +131,7 @@ def publish_frame(stage: "StageRun", df: "DataFrame", rows: int, *, layer: str, 
     for key, value in commit.properties().items():
         writer = writer.option(f"snapshot-property.{key}", value)
     try:
-        writer.overwrite((F.col(column) >= F.lit(part.start)) & (F.col(column) < F.lit(part.end)))
+        writer.overwrite(in_partition(partition_column(pipeline, layer), part))
     except Exception as exc:
         if "ValidationException" in str(exc) or "conflicting files" in str(exc):
             raise PublishConflictError(
