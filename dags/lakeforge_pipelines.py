@@ -13,13 +13,12 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import DAG, Asset, Param, chain
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from lakeforge.config import REPO_ROOT, PipelineConfig, pipeline_files
+from lakeforge.config import PARTITION_EXAMPLES, PARTITION_PATTERNS, REPO_ROOT, PipelineConfig, pipeline_files
 from lakeforge.lake import layer_uri
-from lakeforge.operators import (LakeSparkSubmitOperator, land_events, late_partitions, partition_complete,
+from lakeforge.operators import (LakeSparkSubmitOperator, PartitionCompleteSensor, land_events, late_partitions,
                                  promote_model)
 from lakeforge.train.launch import torchrun_command
 
@@ -32,13 +31,14 @@ DOC = """
 
 {description}
 
-**Flow:** `wait_for_partition` (sensor, reschedule mode: every Kafka topic-partition of the topic must hold a record
-stamped at or after the interval's end + {lateness}s allowed lateness; times out after {timeout}s) ->
+**Flow:** `wait_for_partition` (deferrable sensor: while it waits it runs on the triggerer, holding no worker
+slot; every Kafka topic-partition of the topic must hold a record stamped at or after the interval's end +
+{lateness}s allowed lateness; times out after {timeout}s, not retried) ->
 `land_events` (Kafka topic `{topic}` -> Iceberg table `{name}.raw`, one commit per partition carrying the
-Kafka offsets; bad records to `{name}.quarantine` with a reason) -> `curate_partition` (Spark: {steps};
+Kafka offsets; bad records to `{name}.quarantine` with a reason) -> `curate_partition` (Spark, pool `spark`: {steps};
 drops counted per reason, dropped rows kept in `{name}.excluded`, duplicates of any other curated partition
 dropped too, via `{name}.dedup_index`; publishes `{name}.curated`) ->
-`build_features` (Spark: labels, fast-tokenizer `input_ids`, train/validation/test split by near-duplicate
+`build_features` (Spark, pool `spark`: labels, fast-tokenizer `input_ids`, train/validation/test split by near-duplicate
 cluster; `{name}.features`) -> `train_model` (`torchrun jobs/train.py`, pool `gpu`: streams the files of the
 features snapshot, fine-tunes,
 logs to MLflow and registers `{model}`, plus a TF-IDF baseline as a second candidate) -> `promote_model` (gates
@@ -50,8 +50,10 @@ an OOM kill, a lost worker) continues from the last one and the same MLflow run,
 uninterrupted run; a retry after success returns the recorded result. A new DAG run starts fresh.
 
 **Partition:** scheduled runs use the data interval (`dt=YYYY-MM-DD`). Manual runs have no interval: set
-the `partition` Param (e.g. yesterday's date). Backfill: `airflow backfill create --dag-id {name}
---from-date 2026-11-01 --to-date 2026-11-07`.
+the `partition` Param (e.g. yesterday's date; the form checks its format, and a partition on another grain
+or in the future fails the first task without retries). Backfill: `airflow backfill create --dag-id {name}
+--from-date 2026-11-01 --to-date 2026-11-07 [--dag-run-conf '{{"force_complete": true}}']`: the conf's Params
+apply to every run of the backfill, but each run keeps its own interval (a `partition` in it is ignored).
 
 **Quality gate:** {gate}. A failing partition is not published and `curate_partition` fails
 without retries, naming the rule and the figures; only this run's downstream tasks stop (other partitions read
@@ -117,10 +119,16 @@ for pipeline in valid_pipelines():
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,
-        default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+        # every task: retried with exponential backoff, and killed when one try runs past 2 h (a hung
+        # Spark job, a stalled broker); train_model sets its own 6 h
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
+                      "execution_timeout": timedelta(hours=2)},
         params={
-            "partition": Param(None, type=["null", "string"], title="Partition",
-                               description="YYYY-MM-DD (required on manual runs; scheduled runs use the data interval)"),
+            # checked by the trigger form before the run is created; the first task also refuses a future one
+            "partition": Param(None, type=["null", "string"], pattern=PARTITION_PATTERNS[pipeline.partition],
+                               title="Partition",
+                               description=f"{PARTITION_EXAMPLES[pipeline.partition]}, not in the future: required "
+                                           "on manual runs; scheduled runs and backfills use their data interval"),
             "force_complete": Param(False, type="boolean", title="Land without waiting",
                                     description="skip the completeness wait (late records are re-landed later)"),
             "accept_retention_loss": Param(False, type="boolean", title="Accept records lost to Kafka retention",
@@ -130,9 +138,9 @@ for pipeline in valid_pipelines():
         },
         tags=["lakeforge", pipeline.name],
     ) as dag:
-        wait = PythonSensor(
-            task_id="wait_for_partition", python_callable=partition_complete,
-            op_kwargs={"pipeline_name": pipeline.name}, mode="reschedule",
+        # deferrable: while the partition is incomplete the wait runs on the triggerer, holding no worker slot
+        wait = PartitionCompleteSensor(
+            task_id="wait_for_partition", pipeline_name=pipeline.name,
             poke_interval=pipeline.ingest.poke_interval_s, timeout=pipeline.ingest.completeness_timeout_s,
         )
         land = PythonOperator(
@@ -149,7 +157,7 @@ for pipeline in valid_pipelines():
             stages["curate"] = LakeSparkSubmitOperator(
                 task_id="curate_partition", application=str(REPO_ROOT / "jobs" / "curate.py"),
                 application_args=["--pipeline", pipeline.name, "--partition", PARTITION, "--run-id", "{{ run_id }}"],
-                name=f"curate-{pipeline.name}", conn_id="spark_default", outlets=[curated],
+                name=f"curate-{pipeline.name}", conn_id="spark_default", outlets=[curated], pool="spark",
                 layer="curated", pipeline_name=pipeline.name, partition=PARTITION,
                 # the dedup index is the other curated partitions: one curate at a time per pipeline
                 max_active_tis_per_dag=1,
@@ -158,7 +166,7 @@ for pipeline in valid_pipelines():
             stages["features"] = LakeSparkSubmitOperator(
                 task_id="build_features", application=str(REPO_ROOT / "jobs" / "features.py"),
                 application_args=["--pipeline", pipeline.name, "--partition", PARTITION, "--run-id", "{{ run_id }}"],
-                name=f"features-{pipeline.name}", conn_id="spark_default", outlets=[features],
+                name=f"features-{pipeline.name}", conn_id="spark_default", outlets=[features], pool="spark",
                 layer="features", pipeline_name=pipeline.name, partition=PARTITION,
             )
         if "train" in pipeline.stages:

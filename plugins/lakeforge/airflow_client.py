@@ -88,6 +88,9 @@ class AirflowClient:
     def pause(self, dag_id: str) -> None:
         self._req("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
 
+    def is_paused(self, dag_id: str) -> bool:
+        return bool(self._req("GET", f"/dags/{dag_id}")["is_paused"])
+
     def set_run_state(self, dag_id: str, run_id: str, state: str) -> None:
         """Mark a run ``failed``/``success``/``queued`` (what the UI's "Mark as" does)."""
         self._req("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", json={"state": state})

@@ -107,7 +107,28 @@ def airflow(ctx: typer.Context) -> None:
     import os
 
     env = {**os.environ, **_supervisor().airflow_env()}
-    raise typer.Exit(subprocess.call([str(Path(sys.executable).parent / "airflow"), *ctx.args], env=env))
+    cmd = [str(Path(sys.executable).parent / "airflow"), *ctx.args]
+    if ctx.args[:2] not in (["dags", "pause"], ["dags", "unpause"]) or any(a.startswith("-o") or a == "--output"
+                                                                           for a in ctx.args):
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    # Airflow's `dags pause/unpause` prints each DAG's state from *before* the change: ask for JSON and
+    # print the state after it
+    out = subprocess.run([*cmd, "--output", "json"], env=env, stdout=subprocess.PIPE, text=True)
+    print(pause_report(ctx.args[1] == "pause", out.stdout))
+    raise typer.Exit(out.returncode)
+
+
+def pause_report(paused: bool, stdout: str) -> str:
+    """What ``airflow dags pause|unpause --output json`` did, as the DAGs' states after it."""
+    state = "paused" if paused else "unpaused"
+    lines = [line for line in stdout.splitlines() if line.startswith("[{") or line.strip() == "[]"]  # not the logs
+    try:
+        changed = json.loads(lines[-1]) if lines else []
+    except ValueError:
+        return stdout.strip()
+    if not changed:  # Airflow: "No paused DAGs were found"
+        return f"nothing changed: no matching DAG was {'un' if paused else ''}paused ({stdout.strip()})"
+    return "\n".join(f"{row['dag_id']}: {state}" for row in changed)
 
 
 @app.command()

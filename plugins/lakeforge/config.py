@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -425,6 +426,12 @@ def all_pipelines() -> list[PipelineConfig]:
 # --------------------------------------------------------------------------------------------
 
 
+#: The partition values a pipeline of each grain accepts (the DAG's `partition` Param form checks
+#: the same pattern before a run starts): a daily pipeline's partitions are days, an hourly one's hours.
+PARTITION_PATTERNS = {"daily": r"^(dt=)?\d{4}-\d{2}-\d{2}$", "hourly": r"^(dt=)?\d{4}-\d{2}-\d{2}(T|/hour=)\d{2}$"}
+PARTITION_EXAMPLES = {"daily": "YYYY-MM-DD (e.g. 2026-11-23)", "hourly": "YYYY-MM-DDTHH (e.g. 2026-11-23T05)"}
+
+
 class Partition(BaseModel):
     """An event-time interval ``[start, end)`` and its lake path fragment ``dt=…[/hour=…]``."""
 
@@ -440,17 +447,32 @@ class Partition(BaseModel):
 
     @classmethod
     def parse(cls, value: str, granularity: str = "daily") -> "Partition":
-        """Parse ``2026-11-23``, ``dt=2026-11-23``, ``2026-11-23T05`` or ``dt=2026-11-23/hour=05``."""
-        v = value.strip().replace("dt=", "").replace("/hour=", "T")
-        try:
-            if "T" in v:
-                start = datetime.strptime(v[:13], "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
-                return cls(start=start, end=start + timedelta(hours=1))
-            start = datetime.combine(date.fromisoformat(v), datetime.min.time(), tzinfo=timezone.utc)
-        except ValueError as exc:
-            raise ConfigError(f"bad partition {value!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH") from exc
-        step = timedelta(hours=1) if granularity == "hourly" else timedelta(days=1)
-        return cls(start=start, end=start + step)
+        """Parse a partition of a ``granularity`` pipeline: ``2026-11-23`` or ``dt=2026-11-23`` (daily),
+        ``2026-11-23T05`` or ``dt=2026-11-23/hour=05`` (hourly). Anything else — an hour for a daily
+        pipeline, a day for an hourly one — is off the pipeline's grid: :class:`ConfigError`."""
+        v = value.strip()
+        problem = None
+        if not re.fullmatch(PARTITION_PATTERNS[granularity], v):
+            problem = f"expected {PARTITION_EXAMPLES[granularity]} for a {granularity} pipeline"
+        else:
+            v = v.replace("dt=", "").replace("/hour=", "T")
+            try:
+                if granularity == "hourly":
+                    start = datetime.strptime(v, "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+                    return cls(start=start, end=start + timedelta(hours=1))
+                start = datetime.combine(date.fromisoformat(v), datetime.min.time(), tzinfo=timezone.utc)
+                return cls(start=start, end=start + timedelta(days=1))
+            except ValueError as exc:
+                problem = str(exc)
+        raise ConfigError(f"bad partition {value!r}: {problem}")
+
+    def check_not_future(self, now: datetime | None = None) -> "Partition":
+        """This partition, or :class:`ConfigError` when it starts after ``now`` (no event of it can exist yet)."""
+        now = now or datetime.now(timezone.utc)
+        if self.start > now:
+            raise ConfigError(f"partition {self.path} starts in the future ({self.start:%Y-%m-%d %H:%M} UTC > now, "
+                              f"{now:%Y-%m-%d %H:%M} UTC): nothing of it can be landed yet")
+        return self
 
     @classmethod
     def containing(cls, moment: datetime, granularity: str = "daily") -> "Partition":
@@ -464,16 +486,21 @@ class Partition(BaseModel):
 
     @classmethod
     def from_interval(cls, start: datetime | None, end: datetime | None, param: str | None,
-                      granularity: str = "daily") -> "Partition":
-        """The partition of an Airflow run: the ``partition`` Param wins; else the data interval.
+                      granularity: str = "daily", run_type: str | None = None) -> "Partition":
+        """The partition of an Airflow run.
 
-        Manual and ``dags test`` runs have an empty data interval (start == end), so they must name
-        their partition.
+        Scheduled and backfill runs (``run_type``) cover their data interval, always: a ``partition``
+        given in a backfill's conf applies to every run of it, so it must not replace each run's own
+        interval (it is ignored; the other Params of the conf do take effect). Other runs (manual,
+        asset-triggered, ``dags test``) take the ``partition`` Param when set, checked against the
+        pipeline's grid and not in the future; else their data interval. A manual run has an empty
+        interval (start == end), so it must name its partition.
         """
-        if param:
-            return cls.parse(param, granularity)
-        if start is None or end is None or start == end:
+        has_interval = start is not None and end is not None and start != end
+        if param and not (has_interval and run_type in ("scheduled", "backfill")):
+            return cls.parse(param, granularity).check_not_future()
+        if not has_interval:
             raise ConfigError(
-                "this run has no data interval (manual trigger?): set the `partition` Param, e.g. 2026-11-23"
-            )
+                "this run has no data interval (manual trigger?): set the `partition` Param, e.g. "
+                + PARTITION_EXAMPLES[granularity])
         return cls(start=start.astimezone(timezone.utc), end=end.astimezone(timezone.utc))

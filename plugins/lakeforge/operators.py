@@ -11,24 +11,35 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import task
+from airflow.sdk import BaseSensorOperator, task
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from lakeforge.config import Partition, PipelineConfig
+from lakeforge.errors import ConfigError
 from lakeforge.stage.run import GATE_FAILED_EXIT, StageRun
 
 
 def stage_run(pipeline_name: str, context: Any, partition: str | None = None) -> StageRun:
     """The task's StageRun, built once: the pipeline, the run's partition and the Airflow run id.
 
-    The partition is ``partition`` when given (e.g. pulled from the landing's XCom), else the
-    ``partition`` Param on manual runs, else the data interval (scheduled runs and backfills).
+    The partition is ``partition`` when given (e.g. pulled from the landing's XCom), else the data
+    interval on scheduled runs and backfills, else the ``partition`` Param (manual runs; see
+    :meth:`Partition.from_interval`). A bad or future partition fails the task without retries: no
+    retry can fix a Param.
     """
+    from airflow.sdk.exceptions import AirflowFailException
+
     pipeline = PipelineConfig.load(pipeline_name)
-    if partition:
-        part = Partition.parse(partition, pipeline.partition)
-    else:
-        part = Partition.from_interval(context.get("data_interval_start"), context.get("data_interval_end"),
-                                       (context.get("params") or {}).get("partition") or None, pipeline.partition)
+    try:
+        if partition:
+            part = Partition.parse(partition, pipeline.partition)
+        else:
+            run_type = getattr((context.get("dag_run") or None), "run_type", None)
+            part = Partition.from_interval(context.get("data_interval_start"), context.get("data_interval_end"),
+                                           (context.get("params") or {}).get("partition") or None, pipeline.partition,
+                                           run_type=str(getattr(run_type, "value", run_type) or "") or None)
+    except ConfigError as exc:
+        raise AirflowFailException(f"{pipeline_name}: {exc}") from exc
     return StageRun.create(pipeline, part, context["run_id"])
 
 
@@ -99,14 +110,71 @@ def publish_event_metadata(context: Any, layer: str, pipeline_name: str, partiti
     return meta
 
 
-def partition_complete(pipeline_name: str, **context: Any) -> bool:
-    """Sensor body: has every Kafka topic-partition passed the run's partition end + allowed lateness?"""
+class PartitionCompleteTrigger(BaseTrigger):
+    """Runs on the triggerer: every ``poke_interval`` seconds, is the partition complete in Kafka?
+    Fires once it is (the Kafka check runs in a thread, so the triggerer's event loop never blocks)."""
+
+    def __init__(self, pipeline_name: str, partition: str, poke_interval: float):
+        super().__init__()
+        self.pipeline_name, self.partition, self.poke_interval = pipeline_name, partition, poke_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"pipeline_name": self.pipeline_name, "partition": self.partition, "poke_interval": self.poke_interval})
+
+    def check(self) -> tuple[bool, str]:
+        from lakeforge.ingest import check_complete
+
+        return check_complete(StageRun.create(self.pipeline_name, self.partition, "triggerer"))
+
+    async def run(self):
+        import asyncio
+
+        while True:
+            done, why = await asyncio.to_thread(self.check)
+            self.log.info("%s %s: %s", self.pipeline_name, self.partition, why)
+            if done:
+                yield TriggerEvent({"partition": self.partition, "why": why})
+                return
+            await asyncio.sleep(self.poke_interval)
+
+
+class PartitionCompleteSensor(BaseSensorOperator):
+    """Waits until every Kafka topic-partition has passed the run's partition end + allowed lateness.
+
+    Checks once in the worker; while the partition is incomplete it defers to the triggerer
+    (:class:`PartitionCompleteTrigger`), so no worker slot is held for hours. ``timeout`` fails it as any
+    sensor's does (``AirflowSensorTimeout``, not retried). The ``force_complete`` Param skips the wait.
+    """
+
+    def __init__(self, *, pipeline_name: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.pipeline_name = pipeline_name
+
+    def poke(self, context: Any) -> bool:
+        return is_complete(stage_run(self.pipeline_name, context), context)
+
+    def execute(self, context: Any) -> None:
+        from datetime import timedelta
+
+        stage = stage_run(self.pipeline_name, context)
+        if is_complete(stage, context):
+            return
+        self.defer(trigger=PartitionCompleteTrigger(self.pipeline_name, stage.partition.path, self.poke_interval),
+                   method_name="execute_complete", timeout=timedelta(seconds=self.timeout))
+
+    def execute_complete(self, context: Any, event: dict) -> None:
+        self.log.info("%s: %s", event["partition"], event["why"])
+
+
+def is_complete(stage: StageRun, context: Any) -> bool:
+    """Has every Kafka topic-partition passed the stage's partition end + allowed lateness? (True at
+    once with the ``force_complete`` Param.)"""
     import logging
 
     from lakeforge.ingest import check_complete
 
-    stage = stage_run(pipeline_name, context)
-    if (context["params"] or {}).get("force_complete"):
+    if (context.get("params") or {}).get("force_complete"):
         logging.getLogger(__name__).info("force_complete is set: not waiting for %s", stage.partition.path)
         return True
     done, why = check_complete(stage)

@@ -6,11 +6,13 @@ The backfill's runs go through the whole landing path: the completeness sensor, 
 the PostgreSQL lock, Parquet in S3 committed to the raw and quarantine Iceberg tables (up to 7 runs
 committing different partitions of the same tables at once). The 7 published partitions must hold
 exactly the producer's ground truth: every landed id once, every quarantined record counted, in
-the raw table and in the quarantine table.
+the raw table and in the quarantine table. The backfill's conf (`accept_retention_loss`, and a `partition`)
+applies its Params to every run without replacing any run's own day.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from lakeforge.config import Partition, PipelineConfig
 from lakeforge.ingest import topic_size
 from lakeforge.lake import Lake
 from lakeforge.produce import FaultRates, ProduceConfig, iter_events, produce
+from lakeforge.stage.run import safe_run_id
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +82,12 @@ def airflow(services, settings):
     af.wait_for_dag(DAG, check=services.check_alive)
     yield af
     # leave nothing queued behind: with catchup off, unpausing started a scheduled run for the latest
-    # interval, whose sensor would wait for data that never comes
-    af.pause(DAG)
+    # interval, whose sensor would wait for data that never comes. Paused through the CLI wrapper, which
+    # prints the state after the change (Airflow's own command prints the one before it)
+    out = subprocess.run([sys.executable, "-m", "lakeforge.cli", "airflow", "dags", "pause", DAG],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"{DAG}: paused" in out.stdout, (out.stdout, out.stderr[-2000:])
+    assert af.is_paused(DAG)
     for r in af.runs(DAG):
         if r["run_type"] != "backfill" and r["state"] not in ("success", "failed"):
             af.set_run_state(DAG, r["dag_run_id"], "failed")
@@ -92,8 +99,12 @@ def test_backfill_of_7_days_publishes_exactly_the_ground_truth(services, setting
         if not b.get("completed_at"):
             airflow.cancel_backfill(b["id"])
     before = {b["id"] for b in airflow.backfills(DAG)}
+    # the conf's Params apply to every run (accept_retention_loss: nothing is lost here, but each commit
+    # records that the run accepted it), and a partition in it must not replace each run's own day
+    conf = json.dumps({"partition": DAYS[0], "accept_retention_loss": True})
     cmd = [sys.executable, "-m", "lakeforge.cli", "airflow", "backfill", "create", "--dag-id", DAG,
-           "--from-date", DAYS[0], "--to-date", DAYS[-1], "--max-active-runs", "7", "--reprocess-behavior", "completed"]
+           "--from-date", DAYS[0], "--to-date", DAYS[-1], "--max-active-runs", "7", "--reprocess-behavior", "completed",
+           "--dag-run-conf", conf]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     (backfill,) = [b for b in airflow.backfills(DAG) if b["id"] not in before]
@@ -112,6 +123,8 @@ def test_backfill_of_7_days_publishes_exactly_the_ground_truth(services, setting
     for day in DAYS:
         m = lake.read_commit("raw", DAG, Partition.parse(day))
         assert m.run_id.startswith("backfill__"), m.run_id  # written by the backfill's run, not by hand
+        assert m.run_id == safe_run_id(runs[day]["dag_run_id"])  # each run landed its own day
+        assert m.stats["accept_retention_loss"] is True and not m.stats["forced"]  # the conf's Param took effect
         ids = lake.read_table(m, columns=["id"]).column("id").to_pylist()
         want = sorted(t["id"] for t in truth if t["partition"] == f"dt={day}" and t["outcome"] == "landed")
         assert sorted(ids) == want, day

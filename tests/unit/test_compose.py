@@ -651,10 +651,16 @@ def test_gpu_queue_is_routed_to() -> None:
         "no task uses queue=\"gpu\": set it on train_model (LocalExecutor ignores queues)")
 
 
-def test_airflow_init_creates_gpu_pool() -> None:
+def test_airflow_init_creates_every_pool_the_dags_use() -> None:
+    # a task in a pool that does not exist is never scheduled
+    from lakeforge.services.airflow_server import POOLS
+
+    used = set(re.findall(r"""pool\s*=\s*["'](\w+)["']""", (REPO / "dags" / "lakeforge_pipelines.py").read_text()))
+    assert used >= {"gpu", "spark"} and used <= set(POOLS), (used, POOLS)  # the local setup creates POOLS
     init = DEPLOYMENT.services["airflow-init"]
     pools = [a for a in invocations(command_lines(init), "airflow") if a[:2] == ["pools", "set"]]
-    assert any(a[2] == "gpu" and a[3].isdigit() for a in pools), f"airflow-init must run `airflow pools set gpu N`: {pools}"
+    for name in used:
+        assert any(a[2] == name and a[3].isdigit() for a in pools), f"airflow-init must run `airflow pools set {name} N`"
     assert any(a[:2] == ["db", "migrate"] for a in invocations(command_lines(init), "airflow"))
 
 

@@ -123,7 +123,9 @@ def test_one_dag_per_pipeline(dagbag, pipeline):
             (asset,) = dag.get_task(task_id).outlets
             assert (asset.name, asset.uri) == (f"{pipeline}.{layer}", f"iceberg://{catalog}/{pipeline}/{layer}")
     sensor = dag.get_task("wait_for_partition")
-    assert sensor.mode == "reschedule" and sensor.timeout > 0
+    from lakeforge.operators import PartitionCompleteSensor
+
+    assert isinstance(sensor, PartitionCompleteSensor) and sensor.timeout > 0  # deferrable: waits on the triggerer
     if "train" in PipelineConfig.load(pipeline).stages:
         train = dag.get_task("train_model")
         assert train.pool == "gpu"
@@ -135,6 +137,26 @@ def test_one_dag_per_pipeline(dagbag, pipeline):
     assert dag.max_active_runs == 1 and not dag.catchup
     for t in dag.tasks:
         assert t.retries >= 1, f"{t.task_id} must retry transient failures"
+        assert t.execution_timeout is not None, f"{t.task_id} must not run (hang) forever"
+    for task_id in ("curate_partition", "build_features"):
+        if task_id in order:
+            assert dag.get_task(task_id).pool == "spark"
+
+
+@pytest.mark.parametrize("value,ok", [("2026-11-23", True), ("dt=2026-11-23", True), (None, True),
+                                      ("2026-11-23T05", False), ("23.11.2026", False), ("yesterday", False)])
+def test_the_trigger_form_refuses_a_partition_off_the_grid_before_a_run_exists(dagbag, value, ok):
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dagbag.dags["movie_reviews"].params)  # what a trigger does with the form's values
+    if ok:
+        params["partition"] = value
+        assert params.validate()["partition"] == value
+    else:
+        with pytest.raises(ParamValidationError, match="partition"):
+            params["partition"] = value
 
 
 def test_scheduled_runs_get_a_real_data_interval(dagbag):

@@ -53,10 +53,23 @@ def test_scheduled_runs_use_the_data_interval(partition_parses):
     assert operators.stage_run("movie_reviews", ctx, "dt=2026-11-20").partition.path == "dt=2026-11-20"
 
 
-def test_a_manual_run_without_a_partition_fails_naming_the_param():
+def test_a_manual_run_without_a_partition_fails_naming_the_param_without_retries():
+    from airflow.sdk.exceptions import AirflowFailException
+
     when = datetime(2026, 11, 24, tzinfo=timezone.utc)
-    with pytest.raises(ConfigError, match="set the `partition` Param"):
+    with pytest.raises(AirflowFailException, match="set the `partition` Param") as info:
         operators.stage_run("movie_reviews", context(None, when, when))
+    assert isinstance(info.value.__cause__, ConfigError)
+    with pytest.raises(AirflowFailException, match="2026-11-23T05.*daily"):  # off the pipeline's grid
+        operators.stage_run("movie_reviews", context("2026-11-23T05"))
+
+
+def test_a_backfill_keeps_each_runs_partition_and_the_confs_other_params():
+    ctx = context("2026-11-01", DAY.start, DAY.end, force_complete=True)
+    ctx["dag_run"] = SimpleNamespace(run_type="backfill")
+    assert operators.stage_run("movie_reviews", ctx).partition == DAY
+    ctx["dag_run"] = SimpleNamespace(run_type="manual")  # a manual run with a logical date: the Param names it
+    assert operators.stage_run("movie_reviews", ctx).partition.path == "dt=2026-11-01"
 
 
 def commit(layer="raw", **stats):
@@ -94,6 +107,53 @@ def test_land_events_hands_one_stage_run_to_ingest_and_publishes_its_summary(mon
     assert out["quarantined_total"] == 1 and ctx["outlet_events"]["movie_reviews.raw"].extra == out
     # the re-land task maps over the lake partitions that received late records
     assert operators.late_partitions.function(out) == [{"partition": "dt=2026-11-20", "force_complete": True}]
+
+
+def test_the_completeness_wait_defers_to_the_triggerer_only_while_incomplete(monkeypatch):
+    from datetime import timedelta
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    import lakeforge.ingest as ingest
+
+    sensor = operators.PartitionCompleteSensor(task_id="wait", pipeline_name="movie_reviews", poke_interval=7,
+                                               timeout=600)
+    answers = []
+    monkeypatch.setattr(ingest, "check_complete", lambda stage: answers.pop(0))
+    answers.append((True, "complete"))
+    assert sensor.execute(context("2026-11-23")) is None  # complete at once: no deferral
+    assert sensor.execute(context("2026-11-23", force_complete=True)) is None and not answers  # no Kafka check
+    answers.append((False, "waiting"))
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context("2026-11-23"))
+    trigger = deferred.value.trigger
+    assert deferred.value.method_name == "execute_complete" and deferred.value.timeout == timedelta(seconds=600)
+    path, kwargs = trigger.serialize()  # what the triggerer imports and rebuilds
+    assert path == "lakeforge.operators.PartitionCompleteTrigger"
+    assert kwargs == {"pipeline_name": "movie_reviews", "partition": "dt=2026-11-23", "poke_interval": 7}
+
+
+def test_the_trigger_fires_once_the_partition_is_complete(monkeypatch):
+    import asyncio
+
+    import lakeforge.ingest as ingest
+
+    answers = [(False, "waiting"), (False, "waiting"), (True, "every topic-partition has passed")]
+    seen = []
+
+    def check(stage):
+        seen.append(stage.partition.path)
+        return answers.pop(0)
+
+    monkeypatch.setattr(ingest, "check_complete", check)
+    trigger = operators.PartitionCompleteTrigger("movie_reviews", "dt=2026-11-23", poke_interval=0.01)
+
+    async def events():
+        return [e async for e in trigger.run()]
+
+    (event,) = asyncio.run(events())
+    assert event.payload == {"partition": "dt=2026-11-23", "why": "every topic-partition has passed"}
+    assert seen == ["dt=2026-11-23"] * 3 and not answers
 
 
 def test_event_metadata_summarizes_the_published_commit(on_local_lake):

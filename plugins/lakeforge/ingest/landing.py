@@ -350,6 +350,7 @@ def _land(stage: StageRun, options: IngestOptions, progress: Callable[[str], Non
         stats={"records_scanned": scanned, "records_scanned_outside_interval": landing.outside, "seconds": seconds,
                "msgs_per_s": round(scanned / max(seconds, 1e-9)), "forced": options.force,
                "time_source": spec.time_source, "max_timestamp_lead_s": round(landing.max_lead_ms / 1000, 3),
+               "accept_retention_loss": options.accept_retention_loss,  # the run's Param, recorded
                # accepted loss to retention: topic-partition -> [0, log start) deleted before this landing
                "retention_loss": {str(tp): [0, low] for tp, low in sorted(lost.items())},
                "retention_loss_offsets": sum(lost.values()),

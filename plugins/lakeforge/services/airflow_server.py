@@ -144,12 +144,21 @@ class AirflowService(ProcessService):
             return False
 
 
+#: The pools the DAGs use: name -> (slots, description). A task in a pool that does not exist is never
+#: scheduled, so setup creates every one (``migrate``; the compose deployment's airflow-init does the same).
+POOLS = {
+    "gpu": (1, "Training slots: one GPU (or the CPU) at a time"),
+    "spark": (2, "Spark applications at once (each a local[2] driver on one machine, or a cluster's share)"),
+}
+
+
 def migrate(state: State, env: dict[str, str]) -> None:
     """``airflow db migrate`` (idempotent) and the pools the DAGs use."""
     log_path = state.logs / "airflow-migrate.log"
     try:
         out = airflow_cli(env, "db", "migrate", timeout=600)
-        out += airflow_cli(env, "pools", "set", "gpu", "1", "Training slots: one GPU (or the CPU) at a time")
+        for name, (slots, description) in POOLS.items():
+            out += airflow_cli(env, "pools", "set", name, str(slots), description)
         log_path.write_text(out)
     except ServiceError as exc:
         log_path.write_text(str(exc))

@@ -91,4 +91,4 @@ def test_job_cli_exits_3_when_no_retry_can_help(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["--pipeline", "movie_reviews", "--partition", "yesterday"])
     assert result.exit_code == GATE_FAILED_EXIT
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
-        "error": "config", "message": "bad partition 'yesterday': expected YYYY-MM-DD or YYYY-MM-DDTHH"}
+        "error": "config", "message": "bad partition 'yesterday': expected YYYY-MM-DD (e.g. 2026-11-23) for a daily pipeline"}
