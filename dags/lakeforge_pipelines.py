@@ -69,6 +69,10 @@ them. Two runs of the same partition at once: the later commit fails (`PublishCo
 landing fails at once naming the holder (a PostgreSQL advisory lock). `lakeforge lineage <model>@champion`
 traces a model to its snapshots and Kafka offsets.
 
+**Concurrency:** up to 4 runs at once, so a run whose wait is deferred (its data is not there yet) never
+queues a manual run, a re-land or a backfill behind it. One landing per partition (a lock), one
+`curate_partition` per pipeline, one `promote_model` per pipeline, pools `spark` and `gpu`.
+
 **Late records** (reaching Kafka after their partition was landed) are never dropped: the landing that reads
 them lists their partitions, and `reland_late` triggers a run of this DAG for each (`partition` set,
 `force_complete` true), which re-lands it whole; its commit counts them as `late_rows`.
@@ -118,7 +122,11 @@ for pipeline in valid_pipelines():
         schedule=CronDataIntervalTimetable("0 0 * * *" if pipeline.partition == "daily" else "0 * * * *", timezone="UTC"),
         start_date=datetime(2026, 1, 1),
         catchup=False,
-        max_active_runs=1,
+        # Runs of different partitions go on side by side: a run whose wait is deferred (its data is not
+        # there yet: the scheduled run that unpausing starts, a day still open) must not queue a manual
+        # run or a re-land behind it. What must not overlap is serialized per task instead: one landing
+        # per partition (a lock), one curate per pipeline (the dedup index), the pools, one promotion.
+        max_active_runs=4,
         # every task: retried with exponential backoff, and killed when one try runs past 2 h (a hung
         # Spark job, a stalled broker); train_model sets its own 6 h
         default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
@@ -177,6 +185,7 @@ for pipeline in valid_pipelines():
             )
             stages["promote"] = PythonOperator(
                 task_id="promote_model", python_callable=promote_model,
+                max_active_tis_per_dag=1,  # two runs' promotions never compare against the champion at once
                 op_kwargs={"pipeline_name": pipeline.name,
                            "train_summary": "{{ ti.xcom_pull(task_ids='train_model') }}"},
                 outlets=[model],

@@ -134,7 +134,10 @@ def test_one_dag_per_pipeline(dagbag, pipeline):
         assert "setpriv --pdeathsig TERM" in train.bash_command and "jobs/train.py" in train.bash_command
         assert "resume" in dag.doc_md.lower()
     assert {"partition", "force_complete"} <= set(dag.params) and dag.doc_md and "Backfill" in dag.doc_md
-    assert dag.max_active_runs == 1 and not dag.catchup
+    # a run waiting for its data never queues the others; what must not overlap is serialized per task
+    assert dag.max_active_runs > 1 and not dag.catchup
+    serialized = {"curate_partition", "promote_model"} & set(order)
+    assert all(dag.get_task(t).max_active_tis_per_dag == 1 for t in serialized)
     for t in dag.tasks:
         assert t.retries >= 1, f"{t.task_id} must retry transient failures"
         assert t.execution_timeout is not None, f"{t.task_id} must not run (hang) forever"
