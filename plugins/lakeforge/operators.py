@@ -8,6 +8,7 @@ fast, and secrets are read from the environment at run time, never at parse time
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -35,9 +36,14 @@ def stage_run(pipeline_name: str, context: Any, partition: str | None = None) ->
             part = Partition.parse(partition, pipeline.partition)
         else:
             run_type = getattr((context.get("dag_run") or None), "run_type", None)
-            part = Partition.from_interval(context.get("data_interval_start"), context.get("data_interval_end"),
-                                           (context.get("params") or {}).get("partition") or None, pipeline.partition,
-                                           run_type=str(getattr(run_type, "value", run_type) or "") or None)
+            run_type = str(getattr(run_type, "value", run_type) or "") or None
+            param = (context.get("params") or {}).get("partition") or None
+            start, end = context.get("data_interval_start"), context.get("data_interval_end")
+            part = Partition.from_interval(start, end, param, pipeline.partition, run_type=run_type)
+            if param and run_type in ("scheduled", "backfill") and start != end:
+                logging.getLogger(__name__).warning(
+                    "the partition Param %r is ignored: this %s run covers its own interval, %s", param, run_type,
+                    part.path)
     except ConfigError as exc:
         raise AirflowFailException(f"{pipeline_name}: {exc}") from exc
     return StageRun.create(pipeline, part, context["run_id"])

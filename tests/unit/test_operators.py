@@ -64,10 +64,11 @@ def test_a_manual_run_without_a_partition_fails_naming_the_param_without_retries
         operators.stage_run("movie_reviews", context("2026-11-23T05"))
 
 
-def test_a_backfill_keeps_each_runs_partition_and_the_confs_other_params():
+def test_a_backfill_keeps_each_runs_partition_and_the_confs_other_params(caplog):
     ctx = context("2026-11-01", DAY.start, DAY.end, force_complete=True)
     ctx["dag_run"] = SimpleNamespace(run_type="backfill")
     assert operators.stage_run("movie_reviews", ctx).partition == DAY
+    assert "Param '2026-11-01' is ignored: this backfill run covers its own interval, dt=2026-11-23" in caplog.text
     ctx["dag_run"] = SimpleNamespace(run_type="manual")  # a manual run with a logical date: the Param names it
     assert operators.stage_run("movie_reviews", ctx).partition.path == "dt=2026-11-01"
 
