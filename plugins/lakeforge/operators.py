@@ -157,9 +157,6 @@ class PartitionCompleteSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.pipeline_name = pipeline_name
 
-    def poke(self, context: Any) -> bool:
-        return is_complete(stage_run(self.pipeline_name, context), context)
-
     def execute(self, context: Any) -> None:
         from datetime import timedelta
 
